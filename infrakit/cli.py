@@ -1,0 +1,224 @@
+"""The ``infrakit`` command.
+
+Errors are one clear line on stderr: exit 2 for usage, 1 for a failed
+validation or check. No traceback unless ``-v``. Secrets are masked in
+everything printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any, NoReturn
+
+import yaml
+
+from infrakit.errors import InfrastructureError
+from infrakit.settings.loader import load_settings
+from infrakit.settings.models import InfraSettings, flatten
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        self.print_usage(sys.stderr)
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}\n")
+
+
+def _profile_args(parser: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    if positional:
+        parser.add_argument(
+            "profile",
+            nargs="?",
+            help="profile name or path (default: $INFRAKIT_PROFILE, else 'local')",
+        )
+    parser.add_argument("--profiles-dir", help="directory of <name>.yaml profiles")
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override one key, e.g. --set database.pool_size=3 (repeatable)",
+    )
+
+
+def _overrides(pairs: list[str]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise _UsageError(f"--set expects KEY=VALUE, got {pair!r}")
+        stripped = value.strip()
+        if stripped[:1] in ("[", "{"):
+            try:
+                out[key.strip()] = json.loads(stripped)
+            except json.JSONDecodeError as exc:
+                raise _UsageError(f"--set {key}: value is not valid JSON: {exc.msg}") from None
+        else:
+            out[key.strip()] = value
+    return out
+
+
+class _UsageError(Exception):
+    pass
+
+
+def _load(args: argparse.Namespace, profile: str | None = None) -> InfraSettings:
+    return load_settings(
+        profile if profile is not None else args.profile,
+        profiles_dir=args.profiles_dir,
+        overrides=_overrides(args.overrides),
+    )
+
+
+def _dump(data: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(data, indent=2, sort_keys=False)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True).rstrip("\n")
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    print(f"ok: profile {settings.profile!r} is valid")
+    return EXIT_OK
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    settings = _load(args)
+    data = settings.masked()
+    if args.sources:
+        sources = settings.sources()
+        flat = flatten(data)
+        if args.format == "json":
+            print(_dump({k: {"value": v, "source": sources[k]} for k, v in flat.items()}, "json"))
+        else:
+            width = max(map(len, flat))
+            for key, value in flat.items():
+                print(f"{key:<{width}}  {json.dumps(value)}  # {sources[key]}")
+        return EXIT_OK
+    print(_dump(data, args.format))
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace) -> int:
+    schema = InfraSettings.model_json_schema()
+    schema["properties"]["extends"] = {
+        "type": "string",
+        "description": "Name or path of a profile to deep-merge over.",
+    }
+    schema["title"] = "infrakit profile"
+    print(json.dumps(schema, indent=2))
+    return EXIT_OK
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    left = flatten(_load(args, args.a).masked())
+    right = flatten(_load(args, args.b).masked())
+    changed = 0
+    for key in sorted(left.keys() | right.keys()):
+        a, b = left.get(key, "<unset>"), right.get(key, "<unset>")
+        if a != b:
+            changed += 1
+            print(f"{key}: {json.dumps(a)} -> {json.dumps(b)}")
+    if not changed:
+        print(f"no differences between {args.a!r} and {args.b!r}")
+    return EXIT_OK
+
+
+def cmd_describe(args: argparse.Namespace) -> int:
+    """Start Infra on a profile, print what was built, and stop it."""
+    from infrakit.container import Infra
+
+    settings = _load(args)
+
+    async def run() -> int:
+        infra = Infra(settings)
+        print(f"profile: {settings.profile}")
+        print(_dump(settings.masked(), "yaml"))
+        async with infra:
+            print("components:")
+            for info in infra.describe():
+                detail = f" ({info.detail})" if info.detail else ""
+                print(f"  {info.component:<10} {info.backend:<11} {info.state}{detail}")
+        print("stopped cleanly")
+        return EXIT_OK
+
+    return asyncio.run(run())
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="infrakit", description="Configuration-driven infrastructure kit.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    config = sub.add_parser("config", help="validate, show, diff profiles; print the schema")
+    config_sub = config.add_subparsers(dest="config_command", required=True, parser_class=_Parser)
+
+    validate = config_sub.add_parser("validate", help="check a profile; exit 1 on problems")
+    _profile_args(validate)
+    validate.set_defaults(func=cmd_validate)
+
+    show = config_sub.add_parser("show", help="print the effective configuration, secrets masked")
+    _profile_args(show)
+    show.add_argument("--format", choices=("yaml", "json"), default="yaml")
+    show.add_argument("--sources", action="store_true", help="say where each value came from")
+    show.set_defaults(func=cmd_show)
+
+    schema = config_sub.add_parser("schema", help="JSON Schema of a profile, for editors")
+    schema.set_defaults(func=cmd_schema)
+
+    diff = config_sub.add_parser("diff", help="keys whose effective values differ")
+    diff.add_argument("a", help="first profile")
+    diff.add_argument("b", help="second profile")
+    _profile_args(diff, positional=False)
+    diff.set_defaults(func=cmd_diff)
+
+    describe = sub.add_parser(
+        "describe", help="start the infrastructure of a profile, print what was built, stop"
+    )
+    _profile_args(describe)
+    describe.set_defaults(func=cmd_describe)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code: int = args.func(args)
+    except _UsageError as exc:
+        parser.print_usage(sys.stderr)
+        print(f"infrakit: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except BrokenPipeError:
+        # `infrakit config show | head`: the reader left; that is not an error.
+        sys.stdout = None  # no flush of a closed pipe at exit
+        return EXIT_OK
+    except (InfrastructureError, OSError) as exc:
+        if args.verbose:
+            raise
+        print(f"infrakit: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        return 130
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(
+            f"infrakit: unexpected error: {type(exc).__name__}: {exc}"
+            " (run with -v for the traceback)",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    return code
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""``configure_logging``: one structlog pipeline for structlog and stdlib records."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import threading
+from collections.abc import Iterable
+from typing import IO, Any, TextIO
+
+import structlog
+from structlog.typing import Processor
+
+from infrakit.logging.context import add_request_id, add_trace_context
+from infrakit.logging.redaction import REDACTED, PIIRedactor
+
+__all__ = ["LOG_LEVELS", "build_processors", "configure_logging", "reset_logging"]
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_FORMATS = ("json", "console")
+
+#: stdlib loggers that install handlers of their own; we send them through ours.
+DEFAULT_CAPTURED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+
+_lock = threading.Lock()
+_configured = False
+
+
+class _StdoutLogger:
+    """Writes each rendered line to the *current* ``sys.stdout`` (or a fixed stream).
+
+    Looking ``sys.stdout`` up per line keeps output going where pytest's capture
+    or a redirect has put it, even for loggers created before.
+    """
+
+    __slots__ = ("_stream",)
+
+    def __init__(self, stream: IO[str] | None = None) -> None:
+        self._stream = stream
+
+    def msg(self, message: str) -> None:
+        stream = self._stream or sys.stdout
+        stream.write(message + "\n")
+        stream.flush()
+
+    log = debug = info = warn = warning = error = critical = exception = fatal = msg
+
+
+class _StdoutLoggerFactory:
+    def __init__(self, stream: IO[str] | None) -> None:
+        self._stream = stream
+
+    def __call__(self, *args: Any) -> _StdoutLogger:
+        return _StdoutLogger(self._stream)
+
+
+class _PipelineHandler(logging.Handler):
+    """The stdlib handler that renders records through the structlog pipeline."""
+
+    infrakit_handler = True
+
+    def __init__(self, stream: IO[str] | None) -> None:
+        super().__init__()
+        self._stream = stream
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            line = self.format(record)
+            stream: TextIO | IO[str] = self._stream or sys.stdout
+            stream.write(line + "\n")
+            stream.flush()
+        except Exception:  # noqa: BLE001 - logging must never raise into the caller
+            self.handleError(record)
+
+
+def _validate(log_level: str, log_format: str) -> tuple[str, str]:
+    if not isinstance(log_level, str) or log_level.strip().upper() not in LOG_LEVELS:
+        raise ValueError(
+            f"invalid log_level {log_level!r}: expected one of {', '.join(LOG_LEVELS)} "
+            "(case-insensitive)"
+        )
+    if log_format not in LOG_FORMATS:
+        raise ValueError(f"invalid log_format {log_format!r}: expected 'json' or 'console'")
+    return log_level.strip().upper(), log_format
+
+
+def build_processors(
+    *,
+    log_format: str = "json",
+    development: bool = False,
+    additional_pii_patterns: Iterable[str] | None = None,
+    replacement: str = REDACTED,
+) -> tuple[list[Processor], Processor]:
+    """The shared processors (context, level, time, redaction) and the renderer."""
+    shared: list[Processor] = [
+        structlog.contextvars.merge_contextvars,
+        add_request_id,
+        add_trace_context,
+        structlog.processors.add_log_level,
+        structlog.processors.TimeStamper(fmt="iso", utc=True),
+        PIIRedactor(additional_pii_patterns, replacement),
+    ]
+    renderer: Processor
+    if log_format == "console" or development:
+        renderer = structlog.dev.ConsoleRenderer(colors=development)
+    else:
+        shared.append(structlog.processors.dict_tracebacks)
+        renderer = structlog.processors.JSONRenderer()
+    return shared, renderer
+
+
+def configure_logging(
+    log_level: str = "INFO",
+    log_format: str = "json",
+    development: bool = False,
+    additional_pii_patterns: Iterable[str] | None = None,
+    replacement: str = REDACTED,
+    *,
+    stream: IO[str] | None = None,
+    capture_loggers: Iterable[str] = DEFAULT_CAPTURED_LOGGERS,
+) -> None:
+    """Configure structlog and stdlib logging to one redacting pipeline.
+
+    JSON lines (or console output) go to ``stream``, by default the current
+    ``sys.stdout``. Records of stdlib loggers (uvicorn, sqlalchemy, ...) go
+    through the same processors, redaction included. Calling it again
+    replaces the previous configuration; :func:`reset_logging` undoes it.
+    """
+    global _configured  # noqa: PLW0603 - logging is process-global by nature
+    level_name, log_format = _validate(log_level, log_format)
+    level = logging.getLevelNamesMapping()[level_name]
+    shared, renderer = build_processors(
+        log_format=log_format,
+        development=development,
+        additional_pii_patterns=additional_pii_patterns,
+        replacement=replacement,
+    )
+    with _lock:
+        structlog.configure(
+            processors=[*shared, renderer],
+            wrapper_class=structlog.make_filtering_bound_logger(level),
+            logger_factory=_StdoutLoggerFactory(stream),
+            cache_logger_on_first_use=False,
+        )
+        formatter = structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[
+                structlog.stdlib.add_logger_name,
+                structlog.stdlib.ExtraAdder(),
+                *shared,
+            ],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+        )
+        handler = _PipelineHandler(stream)
+        handler.setFormatter(formatter)
+        root = logging.getLogger()
+        _remove_handlers(root)
+        root.addHandler(handler)
+        root.setLevel(level)
+        for name in capture_loggers:
+            captured = logging.getLogger(name)
+            for old in list(captured.handlers):
+                captured.removeHandler(old)
+            captured.propagate = True
+        _configured = True
+
+
+def _remove_handlers(root: logging.Logger) -> None:
+    for old in list(root.handlers):
+        if getattr(old, "infrakit_handler", False):
+            root.removeHandler(old)
+            old.close()
+
+
+def reset_logging() -> None:
+    """Undo :func:`configure_logging` (tests call this between cases)."""
+    global _configured  # noqa: PLW0603
+    with _lock:
+        structlog.reset_defaults()
+        _remove_handlers(logging.getLogger())
+        logging.getLogger().setLevel(logging.WARNING)
+        _configured = False
+
+
+def is_configured() -> bool:
+    return _configured

@@ -1,0 +1,39 @@
+"""Validated profiles: the settings models and the loader."""
+
+from infrakit.settings.loader import (
+    EMBEDDED_PROFILES_DIR,
+    ENV_PREFIX,
+    available_profiles,
+    load_settings,
+    mask_value,
+    resolve_profile,
+)
+from infrakit.settings.models import (
+    AuditSettings,
+    DatabaseSettings,
+    InfraSettings,
+    InstrumentSettings,
+    LoggingSettings,
+    RedactSettings,
+    ServiceSettings,
+    TelemetrySettings,
+    TokensSettings,
+)
+
+__all__ = [
+    "EMBEDDED_PROFILES_DIR",
+    "ENV_PREFIX",
+    "AuditSettings",
+    "DatabaseSettings",
+    "InfraSettings",
+    "InstrumentSettings",
+    "LoggingSettings",
+    "RedactSettings",
+    "ServiceSettings",
+    "TelemetrySettings",
+    "TokensSettings",
+    "available_profiles",
+    "load_settings",
+    "mask_value",
+    "resolve_profile",
+]

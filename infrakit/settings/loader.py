@@ -1,0 +1,552 @@
+"""``load_settings``: profile chain + environment + overrides -> InfraSettings.
+
+Precedence, lowest first: model defaults < profile chain (``extends``) <
+``INFRAKIT__SECTION__KEY`` env vars < explicit overrides. Every value's origin
+is kept so an error (or ``infrakit config show --sources``) can name the file
+and line, the env var or the override that supplied it. All problems found
+are reported together in one :class:`~infrakit.errors.ConfigError`.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from infrakit._secrets import MASK, mask_url
+from infrakit.errors import ConfigError, ConfigProblem
+from infrakit.logging.redaction import is_sensitive_key
+from infrakit.settings import _yaml
+from infrakit.settings.models import InfraSettings
+
+__all__ = [
+    "EMBEDDED_PROFILES_DIR",
+    "ENV_PREFIX",
+    "available_profiles",
+    "load_settings",
+    "resolve_profile",
+]
+
+ENV_PREFIX = "INFRAKIT__"
+PROFILE_ENV = "INFRAKIT_PROFILE"
+PROFILES_DIR_ENV = "INFRAKIT_PROFILES_DIR"
+DEFAULT_PROFILE = "local"
+EMBEDDED_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+_INTERPOLATION = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
+_VAR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
+_SECRET_SECTIONS = {("telemetry", "headers")}
+
+Path_ = tuple[str, ...]
+
+
+def _display(path: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
+
+
+def _profiles_dir(profiles_dir: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
+    if profiles_dir is not None:
+        return Path(profiles_dir)
+    return Path(environ.get(PROFILES_DIR_ENV) or "profiles")
+
+
+def available_profiles(
+    profiles_dir: str | os.PathLike[str] | None = None, environ: Mapping[str, str] | None = None
+) -> list[str]:
+    """Profile names found in the profiles directory and among the embedded ones."""
+    env = os.environ if environ is None else environ
+    names: set[str] = set()
+    for directory in (_profiles_dir(profiles_dir, env), EMBEDDED_PROFILES_DIR):
+        if directory.is_dir():
+            names.update(p.stem for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
+    return sorted(names)
+
+
+def _looks_like_path(profile: str) -> bool:
+    return "/" in profile or os.sep in profile or profile.endswith((".yaml", ".yml"))
+
+
+def _find_named(name: str, directories: list[Path]) -> Path | None:
+    for directory in directories:
+        for suffix in (".yaml", ".yml"):
+            candidate = directory / f"{name}{suffix}"
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def resolve_profile(
+    profile: str | os.PathLike[str] | None = None,
+    *,
+    profiles_dir: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Path:
+    """The file a profile name or path refers to.
+
+    A name is looked up as ``<profiles_dir>/<name>.yaml``, then among the
+    profiles embedded in the package (``local``, ``test``, ``production``).
+    """
+    env = os.environ if environ is None else environ
+    if profile is None:
+        profile = env.get(PROFILE_ENV) or DEFAULT_PROFILE
+    text = os.fspath(profile)
+    directory = _profiles_dir(profiles_dir, env)
+    if isinstance(profile, os.PathLike) or _looks_like_path(text):
+        path = Path(text)
+        if path.is_file():
+            return path
+        raise ConfigError(
+            ConfigProblem(f"profile file {text!r} does not exist", hint="check the path")
+        )
+    if not _NAME.match(text):
+        raise ConfigError(
+            ConfigProblem(
+                f"{text!r} is not a valid profile name",
+                hint="use letters, digits, '.', '_' or '-', or give a path to a .yaml file",
+            )
+        )
+    found = _find_named(text, [directory, EMBEDDED_PROFILES_DIR])
+    if found is not None:
+        return found
+    known = available_profiles(directory, env)
+    close = difflib.get_close_matches(text, known, n=1)
+    hint = f"did you mean {close[0]!r}? " if close else ""
+    raise ConfigError(
+        ConfigProblem(
+            f"profile {text!r} not found in {_display(directory)}/ or the embedded profiles",
+            hint=f"{hint}available: {', '.join(known) or 'none'}; "
+            f"set {PROFILES_DIR_ENV} or pass profiles_dir= to look elsewhere",
+        )
+    )
+
+
+# --- reading one file -------------------------------------------------------
+
+
+def _read_text(path: Path) -> str:
+    where = _display(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(
+            ConfigProblem(f"cannot read profile: {exc.strerror}", where=where)
+        ) from None
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        line = raw.count(b"\n", 0, exc.start) + 1
+        raise ConfigError(
+            ConfigProblem(
+                f"profile is not UTF-8 text (byte {exc.start})",
+                where=f"{where}:{line}",
+                hint="save the file as UTF-8",
+            )
+        ) from None
+
+
+class _Layers:
+    """The merged data so far and, for each key path, where it came from."""
+
+    def __init__(self) -> None:
+        self.data: dict[str, Any] = {}
+        self.sources: dict[Path_, str] = {}
+        self.problems: list[ConfigProblem] = []
+
+    def set(self, path: Path_, value: Any, source: str) -> None:
+        node = self.data
+        for depth, part in enumerate(path[:-1]):
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+                self._forget(path[: depth + 1])
+                self.sources[path[: depth + 1]] = source
+            node = child
+        node[path[-1]] = value
+        self._forget(path)
+        self._record(path, value, source)
+
+    def merge(self, data: dict[str, Any], sources: dict[Path_, str], path: Path_ = ()) -> None:
+        for key, value in data.items():
+            child = (*path, key)
+            if isinstance(value, dict) and value:
+                self._ensure_dict(child, sources.get(child, "?"))
+                self.merge(value, sources, child)
+            else:
+                self.set(child, value, sources.get(child, "?"))
+
+    def _ensure_dict(self, path: Path_, source: str) -> None:
+        node = self.data
+        for depth, part in enumerate(path):
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = {}
+                node[part] = child
+                self._forget(path[: depth + 1])
+                self.sources[path[: depth + 1]] = source
+            node = child
+        self.sources.setdefault(path, source)
+
+    def _forget(self, path: Path_) -> None:
+        n = len(path)
+        for key in [k for k in self.sources if k[:n] == path and len(k) > n]:
+            del self.sources[key]
+
+    def _record(self, path: Path_, value: Any, source: str) -> None:
+        self.sources[path] = source
+        if isinstance(value, dict):
+            for key, item in value.items():
+                self._record((*path, str(key)), item, source)
+        elif isinstance(value, list):
+            for index, item in enumerate(value):
+                self._record((*path, str(index)), item, source)
+
+    def delete(self, path: Path_) -> None:
+        node: Any = self.data
+        for part in path[:-1]:
+            node = node.get(part) if isinstance(node, dict) else None
+        if isinstance(node, dict):
+            node.pop(path[-1], None)
+        self._forget(path)
+        self.sources.pop(path, None)
+
+
+def _interpolate(text: str, environ: Mapping[str, str]) -> tuple[str, list[str], str | None]:
+    """Expand ``${VAR}``/``${VAR:-default}``; ``$${`` is a literal ``${``.
+
+    Returns the text, the variables used, and a problem (or None).
+    """
+    used: list[str] = []
+    problem: str | None = None
+
+    def replace(match: re.Match[str]) -> str:
+        nonlocal problem
+        text = match.group(0)
+        if text == "$${":
+            return "${"
+        if match.group(1) is None:
+            problem = problem or "unclosed '${' (write '$${' for a literal '${')"
+            return text
+        spec = _VAR.match(match.group(1))
+        if spec is None:
+            problem = problem or (
+                f"malformed interpolation {text!r}: expected ${{NAME}} or ${{NAME:-default}}"
+            )
+            return text
+        name, default = spec.group(1), spec.group(2)
+        used.append(name)
+        value = environ.get(name)
+        if value is None:
+            if default is None:
+                problem = problem or f"environment variable {name} is not set"
+                return text
+            return default
+        return value
+
+    return _INTERPOLATION.sub(replace, text), used, problem
+
+
+def _interpolate_tree(
+    value: Any,
+    path: Path_,
+    environ: Mapping[str, str],
+    sources: dict[Path_, str],
+    problems: list[ConfigProblem],
+) -> Any:
+    if isinstance(value, dict):
+        return {
+            k: _interpolate_tree(v, (*path, k), environ, sources, problems)
+            for k, v in value.items()
+        }
+    if isinstance(value, list):
+        return [
+            _interpolate_tree(v, (*path, str(i)), environ, sources, problems)
+            for i, v in enumerate(value)
+        ]
+    if isinstance(value, str) and "${" in value:
+        result, used, problem = _interpolate(value, environ)
+        where = sources.get(path, "")
+        if problem is not None:
+            hint = None
+            if "is not set" in problem:
+                hint = (
+                    f"export {used[-1]}=... or give a default: ${{{used[-1]}:-value}}"
+                    if used
+                    else None
+                )
+            problems.append(ConfigProblem(problem, key=".".join(path), where=where, hint=hint))
+            return _MISSING
+        if used:
+            sources[path] = f"{where} (${{{', '.join(dict.fromkeys(used))}}})"
+        return result
+    return value
+
+
+class _Missing:
+    def __repr__(self) -> str:
+        return "<missing>"
+
+
+_MISSING = _Missing()
+
+
+def _drop_missing(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _drop_missing(v) for k, v in value.items() if v is not _MISSING}
+    if isinstance(value, list):
+        return [_drop_missing(v) for v in value if v is not _MISSING]
+    return value
+
+
+def _read_profile(
+    path: Path, environ: Mapping[str, str]
+) -> tuple[dict[str, Any], dict[Path_, str], list[ConfigProblem]]:
+    """One file: its interpolated data, where each key was written, and its problems."""
+    where = _display(path)
+    data, locations = _yaml.parse(_read_text(path), where)
+    sources = {p: str(loc) for p, loc in locations.items()}
+    problems: list[ConfigProblem] = []
+    data = _drop_missing(_interpolate_tree(data, (), environ, sources, problems))
+    return data, sources, problems
+
+
+def _resolve_extends(value: Any, where: str, base_of: Path, profiles_dir: Path) -> Path:
+    if not isinstance(value, str) or not value.strip():
+        raise ConfigError(
+            ConfigProblem(
+                "extends must be a profile name or a path to a .yaml file",
+                key="extends",
+                where=where,
+                value=repr(value),
+            )
+        )
+    if _looks_like_path(value):
+        candidate = (base_of.parent / value).resolve()
+        if candidate.is_file():
+            return candidate
+        raise ConfigError(
+            ConfigProblem(f"extends: file {value!r} does not exist", key="extends", where=where)
+        )
+    found = _find_named(value, [base_of.parent, profiles_dir, EMBEDDED_PROFILES_DIR])
+    if found is None:
+        known = available_profiles(profiles_dir)
+        close = difflib.get_close_matches(value, known, n=1)
+        raise ConfigError(
+            ConfigProblem(
+                f"extends: profile {value!r} not found",
+                key="extends",
+                where=where,
+                hint=(f"did you mean {close[0]!r}? " if close else "")
+                + f"available: {', '.join(known) or 'none'}",
+            )
+        )
+    return found
+
+
+def _load_chain(
+    path: Path, profiles_dir: Path, environ: Mapping[str, str], layers: _Layers
+) -> None:
+    chain: list[tuple[Path, dict[str, Any], dict[Path_, str]]] = []
+    seen: list[Path] = []
+    current: Path | None = path
+    while current is not None:
+        resolved = current.resolve()
+        if resolved in seen:
+            names = " -> ".join(_display(p) for p in [*seen, resolved])
+            raise ConfigError(
+                ConfigProblem(
+                    f"extends forms a cycle: {names}",
+                    key="extends",
+                    where=chain[-1][2].get(("extends",), _display(current)),
+                )
+            )
+        seen.append(resolved)
+        data, sources, problems = _read_profile(current, environ)
+        layers.problems.extend(problems)
+        parent = data.pop("extends", None)
+        chain.append((current, data, sources))
+        current = (
+            _resolve_extends(
+                parent, sources.get(("extends",), _display(current)), current, profiles_dir
+            )
+            if parent is not None
+            else None
+        )
+    for _, data, sources in reversed(chain):
+        layers.merge(data, sources)
+
+
+# --- environment and overrides ----------------------------------------------
+
+
+def _parse_scalar(raw: str) -> Any:
+    """Env and command-line values: JSON for lists/objects, else the string."""
+    stripped = raw.strip()
+    if stripped[:1] in ("[", "{"):
+        return json.loads(stripped)
+    return raw
+
+
+def _apply_env(layers: _Layers, environ: Mapping[str, str]) -> None:
+    prefix_len = len(ENV_PREFIX)
+    for name in sorted(environ):
+        if not name.upper().startswith(ENV_PREFIX):
+            continue
+        parts = tuple(p.lower() for p in name[prefix_len:].split("__"))
+        source = f"env {name}"
+        if not parts or any(not p for p in parts):
+            layers.problems.append(
+                ConfigProblem(
+                    "malformed variable name",
+                    where=source,
+                    hint="use INFRAKIT__SECTION__KEY, e.g. INFRAKIT__DATABASE__POOL_SIZE=20",
+                )
+            )
+            continue
+        try:
+            value = _parse_scalar(environ[name])
+        except json.JSONDecodeError as exc:
+            layers.problems.append(
+                ConfigProblem(
+                    f"value looks like JSON but does not parse: {exc.msg}",
+                    key=".".join(parts),
+                    where=source,
+                )
+            )
+            continue
+        layers.set(parts, value, source)
+
+
+def _flatten_overrides(overrides: Mapping[str, Any], prefix: Path_ = ()) -> list[tuple[Path_, Any]]:
+    out: list[tuple[Path_, Any]] = []
+    for key, value in overrides.items():
+        if not isinstance(key, str) or not key.strip():
+            raise ConfigError(ConfigProblem(f"override keys must be dotted strings, got {key!r}"))
+        path = (*prefix, *key.split("."))
+        if isinstance(value, Mapping) and value:
+            out.extend(_flatten_overrides(value, path))
+        else:
+            out.append((path, value))
+    return out
+
+
+def _apply_overrides(layers: _Layers, overrides: Mapping[str, Any]) -> None:
+    for path, value in _flatten_overrides(overrides):
+        if any(not p for p in path):
+            layers.problems.append(
+                ConfigProblem("empty key segment", key=".".join(path), where="override")
+            )
+            continue
+        layers.set(path, value, f"override {'.'.join(path)}")
+
+
+# --- validation ---------------------------------------------------------------
+
+
+def _fields_at(path: Path_) -> list[str]:
+    model: type[BaseModel] | None = InfraSettings
+    for part in path:
+        if model is None:
+            return []
+        field = model.model_fields.get(part)
+        if field is None:
+            return []
+        annotation = field.annotation
+        model = (
+            annotation
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel)
+            else None
+        )
+    return sorted(model.model_fields) if model is not None else []
+
+
+def mask_value(path: Path_, value: Any) -> str:
+    """How a value may be shown in an error: secrets hidden, long values cut."""
+    if any(is_sensitive_key(p) for p in path) or any(path[: len(s)] == s for s in _SECRET_SECTIONS):
+        return MASK
+    if isinstance(value, str):
+        masked = mask_url(value)
+        if masked == value and "@" in value:
+            masked = MASK + value[value.rindex("@") :]
+        value = masked
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _source_of(path: Path_, sources: dict[Path_, str]) -> str:
+    probe = path
+    while probe:
+        if probe in sources:
+            return sources[probe]
+        probe = probe[:-1]
+    return "default"
+
+
+def _validation_problems(exc: ValidationError, sources: dict[Path_, str]) -> list[ConfigProblem]:
+    problems: list[ConfigProblem] = []
+    for error in exc.errors(include_url=False):
+        path = tuple(str(p) for p in error["loc"])
+        where = _source_of(path, sources)
+        key = ".".join(path)
+        if error["type"] == "extra_forbidden":
+            fields = _fields_at(path[:-1])
+            close = difflib.get_close_matches(path[-1], fields, n=1, cutoff=0.6)
+            message = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
+            hint = f"valid keys here: {', '.join(fields)}" if fields and not close else None
+            problems.append(ConfigProblem(message, key=key, where=where, hint=hint))
+            continue
+        message = str(error["msg"]).removeprefix("Value error, ")
+        problems.append(
+            ConfigProblem(message, key=key, where=where, value=mask_value(path, error.get("input")))
+        )
+    return problems
+
+
+def load_settings(
+    profile: str | os.PathLike[str] | None = None,
+    *,
+    profiles_dir: str | os.PathLike[str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> InfraSettings:
+    """Load, merge and validate a profile.
+
+    ``profile`` is a name (``<profiles_dir>/<name>.yaml``, falling back to the
+    embedded profiles) or a path; ``None`` means ``$INFRAKIT_PROFILE``, else
+    ``local``. ``environ`` defaults to ``os.environ`` and feeds both
+    ``${VAR}`` interpolation and ``INFRAKIT__SECTION__KEY`` overrides;
+    ``overrides`` (``{"database.pool_size": 3}``) beat everything.
+
+    Raises :class:`~infrakit.errors.ConfigError` listing every problem.
+    """
+    env: Mapping[str, str] = os.environ if environ is None else environ
+    path = resolve_profile(profile, profiles_dir=profiles_dir, environ=env)
+    label = os.fspath(profile) if profile is not None else (env.get(PROFILE_ENV) or DEFAULT_PROFILE)
+    layers = _Layers()
+    try:
+        _load_chain(path, _profiles_dir(profiles_dir, env), env, layers)
+    except ConfigError as exc:
+        raise ConfigError(list(exc.problems), profile=label) from None
+    _apply_env(layers, env)
+    if overrides:
+        _apply_overrides(layers, overrides)
+    try:
+        settings = InfraSettings.model_validate(layers.data)
+    except ValidationError as exc:
+        layers.problems.extend(_validation_problems(exc, layers.sources))
+        raise ConfigError(layers.problems, profile=label) from None
+    if layers.problems:
+        raise ConfigError(layers.problems, profile=label)
+    settings._profile = label
+    settings._sources = {".".join(p): s for p, s in layers.sources.items()}
+    return settings
