@@ -14,6 +14,7 @@ component for the length of a ``with`` block.
 
 from __future__ import annotations
 
+import asyncio
 import inspect
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
@@ -111,6 +112,17 @@ class ComponentInfo:
     detail: str = ""
 
 
+def _running(component: str, resource: providers.Resource[Any]) -> Any:
+    if not resource.initialized:
+        raise InfrastructureError(
+            f"{component} is not started: use `async with Infra.from_profile(...) as infra`"
+            " or `await infra.start()` first"
+        )
+    value = resource()
+    # An async resource hands back an already-finished future once started.
+    return value.result() if isinstance(value, asyncio.Future) else value
+
+
 def _as_provider(value: Any) -> providers.Provider[Any]:
     return value if isinstance(value, providers.Provider) else providers.Object(value)
 
@@ -153,6 +165,7 @@ class Infra:
         self._container.settings.set_provides(settings)
         self._container.config.from_dict(settings.model_dump())
         self._unavailable: dict[str, str] = {}
+        self._resources: dict[str, providers.Resource[Any]] = {}
         self._started: list[str] = []
         self._build(dict(components or {}))
 
@@ -192,9 +205,11 @@ class Infra:
                 )
                 continue
             deps = {dep: self._slot(dep) for dep in spec.requires}
-            slot.set_providers(
-                **{name: providers.Resource(open_component, spec, self._container.settings, **deps)}
-            )
+            resource = providers.Resource(open_component, spec, self._container.settings, **deps)
+            self._resources[component] = resource
+            # The slot hands out the running instance synchronously, so the
+            # application's own providers that depend on it stay synchronous.
+            slot.set_providers(**{name: providers.Callable(_running, component, resource.provider)})
         if user:
             problems.append(
                 ConfigProblem(
@@ -213,11 +228,11 @@ class Infra:
         slot: providers.Selector[Any] = getattr(self._container, component)
         return slot
 
-    def _active(self, component: str) -> providers.Provider[Any] | None:
-        slot = self._slot(component)
-        if slot.overridden:
-            return slot.last_overriding
-        return slot.providers.get(_selected(self._settings, component))
+    def _lifecycle(self, component: str) -> providers.Resource[Any] | None:
+        """The resource to start for ``component``; None when overridden or absent."""
+        if self._slot(component).overridden:
+            return None
+        return self._resources.get(component)
 
     # --- lifecycle ----------------------------------------------------------
 
@@ -229,13 +244,12 @@ class Infra:
             self._container.logging.init()
             self._started.append("logging")
             for component in registry.COMPONENTS:
-                provider = self._active(component)
-                if provider is None:
+                resource = self._lifecycle(component)
+                if resource is None:
                     continue
-                if isinstance(provider, providers.Resource):
-                    result = provider.init()
-                    if inspect.isawaitable(result):
-                        await result
+                result = resource.init()
+                if inspect.isawaitable(result):
+                    await result
                 self._started.append(component)
         except BaseException as exc:
             try:
@@ -254,13 +268,13 @@ class Infra:
         errors: dict[str, BaseException] = {}
         while self._started:
             component = self._started.pop()
-            provider = (
-                self._container.logging if component == "logging" else self._active(component)
+            resource = (
+                self._container.logging if component == "logging" else self._resources[component]
             )
-            if not isinstance(provider, providers.Resource) or not provider.initialized:
+            if not resource.initialized:
                 continue
             try:
-                result = provider.shutdown()
+                result = resource.shutdown()
                 if inspect.isawaitable(result):
                     await result
             except Exception as exc:  # noqa: BLE001 - collected and re-raised below
@@ -287,26 +301,11 @@ class Infra:
     def get(self, component: str) -> Any:
         """The running instance of ``component`` (or its test override)."""
         slot = self._slot(component)
-        if not slot.overridden:
-            if component in self._unavailable:
-                raise InfrastructureError(
-                    f"{component} is not available: {self._unavailable[component]}"
-                )
-            provider = self._active(component)
-            if isinstance(provider, providers.Resource) and not provider.initialized:
-                raise InfrastructureError(
-                    f"{component} is not started: use `async with Infra.from_profile(...) as infra`"
-                    " or `await infra.start()` first"
-                )
-        value = slot()
-        if inspect.isawaitable(value):
-            done = getattr(value, "done", None)
-            if callable(done) and done():
-                return value.result()  # type: ignore[attr-defined]
-            if inspect.iscoroutine(value):
-                value.close()
-            raise InfrastructureError(f"{component} is still starting; await infra.start() first")
-        return value
+        if not slot.overridden and component in self._unavailable:
+            raise InfrastructureError(
+                f"{component} is not available: {self._unavailable[component]}"
+            )
+        return slot()
 
     @property
     def telemetry(self) -> Any:
@@ -337,8 +336,7 @@ class Infra:
                     ComponentInfo(component, name, "unavailable", self._unavailable[component])
                 )
             else:
-                provider = self._active(component)
-                started = isinstance(provider, providers.Resource) and provider.initialized
+                started = self._resources[component].initialized
                 detail = type(self.get(component)).__qualname__ if started else ""
                 out.append(
                     ComponentInfo(component, name, "ready" if started else "configured", detail)

@@ -5,8 +5,12 @@ table of backends: name -> :class:`BackendSpec`. The kit registers its own;
 third-party packages add theirs through the ``infrakit.backends`` entry-point
 group (entry point name ``"<component>.<backend>"``, value
 ``"package.module:factory"``), and applications call :func:`register_backend`.
-Precedence, highest first: :func:`register_backend`, entry points, the kit's
-own — so a user-supplied provider always wins.
+Precedence, highest first: :func:`register_backend`, the kit's own, entry
+points. The names the profile format defines (``memory``, ``redis``, ...)
+are reserved: an installed package can add backends but never silently
+replace the kit's, while the application itself always wins. Entry points
+are read only when a name is not a built-in one, so building a profile that
+uses built-in backends reads no package metadata.
 
 A factory is called as ``factory(settings, **dependencies)`` where
 ``settings`` is the whole :class:`~infrakit.settings.InfraSettings` and
@@ -51,8 +55,8 @@ ENTRY_POINT_GROUP = "infrakit.backends"
 
 
 class Origin(IntEnum):
-    BUILTIN = 0
-    ENTRY_POINT = 1
+    ENTRY_POINT = 0
+    BUILTIN = 1
     USER = 2
 
 
@@ -175,6 +179,8 @@ def _load_entry_points() -> None:
                 )
             )
             continue
+        if name in BUILTIN_NAMES.get(component, ()):
+            continue  # reserved for the kit and the application
         _put(BackendSpec(component, name, ep.value, origin=Origin.ENTRY_POINT))
     _entry_points_loaded = True
     if problems:
@@ -198,7 +204,12 @@ def known_names(component: str) -> list[str]:
 
 
 def get_backend(component: str, name: str) -> BackendSpec | None:
-    return _all().get((component, name))
+    """The backend in force for ``name``, or None when nothing provides it."""
+    with _lock:
+        if name not in BUILTIN_NAMES.get(component, ()):
+            _load_entry_points()
+        by_origin = _table.get((component, name))
+        return by_origin[max(by_origin)] if by_origin else None
 
 
 # The kit's own backends. Each component's issue adds its line here; the

@@ -114,9 +114,10 @@ class _Walker:
 
 def parse(text: str, file: str) -> tuple[dict[str, Any], dict[Path_, Location]]:
     """Parse one profile document: its data and the location of every key."""
-    loader = yaml.SafeLoader(text)
-    walker = _Walker(loader, file)
+    loader: yaml.SafeLoader | None = None
     try:
+        loader = yaml.SafeLoader(text)  # checks for unprintable characters already
+        walker = _Walker(loader, file)
         node = loader.get_single_node()
         if node is None:
             return {}, {}
@@ -152,7 +153,8 @@ def parse(text: str, file: str) -> tuple[dict[str, Any], dict[Path_, Location]]:
     except RecursionError:
         raise ConfigError(ConfigProblem("invalid YAML: nested too deeply", where=file)) from None
     finally:
-        loader.dispose()
+        if loader is not None:
+            loader.dispose()
     if walker.problems:
         raise ConfigError(walker.problems)
     assert isinstance(data, dict)

@@ -1,0 +1,59 @@
+"""Shared fixtures: every test starts with the kit's process globals reset."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, settings
+
+from infrakit.logging import reset_logging
+
+# Properties run at least 100 examples each (the seed's testing strategy).
+settings.register_profile(
+    "infrakit",
+    max_examples=100,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "infrakit"))
+
+
+@pytest.fixture(autouse=True)
+def _reset_logging() -> Iterator[None]:
+    reset_logging()
+    yield
+    reset_logging()
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_profile(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A developer's own INFRAKIT_* variables must not change test outcomes."""
+    for name in list(os.environ):
+        if name.upper().startswith("INFRAKIT_") and name != "INFRAKIT_REQUIRE_SERVICES":
+            monkeypatch.delenv(name)
+
+
+WriteProfile = Callable[..., Path]
+
+
+@pytest.fixture
+def profiles_dir(tmp_path: Path) -> Path:
+    directory = tmp_path / "profiles"
+    directory.mkdir()
+    return directory
+
+
+@pytest.fixture
+def write_profile(profiles_dir: Path) -> WriteProfile:
+    """Write ``profiles/<name>.yaml`` (dedented) and return its path."""
+
+    def write(name: str, text: str) -> Path:
+        path = profiles_dir / f"{name}.yaml"
+        path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+        return path
+
+    return write

@@ -1,0 +1,191 @@
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+from typing import Any
+
+import pytest
+import structlog
+from opentelemetry.sdk.trace import TracerProvider
+
+from infrakit.logging import (
+    clear_request_id,
+    configure_logging,
+    get_request_id,
+    request_context,
+    set_request_id,
+)
+
+
+def lines(stream: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
+
+
+@pytest.fixture
+def stream() -> io.StringIO:
+    return io.StringIO()
+
+
+class TestConfigure:
+    """configure_logging validates its input and renders JSON lines."""
+
+    @pytest.mark.parametrize("level", ["debug", "Info", "WARNING", " error ", "critical"])
+    def test_levels_are_case_insensitive(self, level: str, stream: io.StringIO) -> None:
+        configure_logging(level, stream=stream)
+
+    @pytest.mark.parametrize("level", ["", "loud", "TRACE", "WARN ING", 10])
+    def test_invalid_level(self, level: Any) -> None:
+        with pytest.raises(ValueError, match="invalid log_level") as exc:
+            configure_logging(level)
+        assert "DEBUG, INFO, WARNING, ERROR, CRITICAL" in str(exc.value)
+
+    def test_invalid_format(self) -> None:
+        with pytest.raises(ValueError, match="invalid log_format 'xml'"):
+            configure_logging(log_format="xml")
+
+    def test_json_line_shape(self, stream: io.StringIO) -> None:
+        configure_logging("INFO", stream=stream)
+        structlog.get_logger().info("user.login", user_id="u1", password="hunter2", n=3)
+        (event,) = lines(stream)
+        assert event["event"] == "user.login"
+        assert event["level"] == "info"
+        assert event["user_id"] == "u1"
+        assert event["password"] == "[REDACTED]"
+        assert event["n"] == 3
+        assert event["timestamp"].endswith("Z")
+
+    def test_level_filtering(self, stream: io.StringIO) -> None:
+        configure_logging("WARNING", stream=stream)
+        log = structlog.get_logger()
+        log.info("dropped")
+        log.warning("kept")
+        logging.getLogger("some.lib").info("dropped too")
+        logging.getLogger("some.lib").error("kept too")
+        assert [e["event"] for e in lines(stream)] == ["kept", "kept too"]
+
+    def test_stdout_is_the_default(self, capsys: pytest.CaptureFixture[str]) -> None:
+        configure_logging("INFO")
+        structlog.get_logger().info("to.stdout")
+        assert json.loads(capsys.readouterr().out)["event"] == "to.stdout"
+
+    def test_console_format(self, stream: io.StringIO) -> None:
+        configure_logging("INFO", "console", stream=stream)
+        structlog.get_logger().info("hello", secret="s3", user="ann")
+        text = stream.getvalue()
+        assert "hello" in text
+        assert "[REDACTED]" in text
+        assert "s3" not in text
+
+    def test_reconfigure_replaces_handler(self, stream: io.StringIO) -> None:
+        configure_logging("INFO", stream=stream)
+        configure_logging("INFO", stream=stream)
+        logging.getLogger("x").warning("once")
+        assert len(lines(stream)) == 1
+
+    def test_extra_patterns_and_replacement(self, stream: io.StringIO) -> None:
+        configure_logging(
+            "INFO", stream=stream, additional_pii_patterns={"national_id"}, replacement="<x>"
+        )
+        structlog.get_logger().info("e", national_id="123", token="t")
+        event = lines(stream)[0]
+        assert (event["national_id"], event["token"]) == ("<x>", "<x>")
+
+    def test_exceptions_render_as_structured_data(self, stream: io.StringIO) -> None:
+        configure_logging("INFO", stream=stream)
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            structlog.get_logger().exception("failed")
+        event = lines(stream)[0]
+        assert event["exception"][0]["exc_type"] == "RuntimeError"
+
+
+class TestStdlib:
+    """Records of stdlib loggers go through the same processors."""
+
+    def test_redaction_and_fields(self, stream: io.StringIO) -> None:
+        configure_logging("DEBUG", stream=stream)
+        with request_context("req-1"):
+            logging.getLogger("sqlalchemy.engine").info(
+                "connect %s", "db", extra={"password": "pw", "db_password": "x", "rows": 2}
+            )
+        (event,) = lines(stream)
+        assert event["event"] == "connect db"
+        assert event["logger"] == "sqlalchemy.engine"
+        assert event["password"] == "[REDACTED]"
+        assert event["db_password"] == "[REDACTED]"
+        assert event["rows"] == 2
+        assert event["request_id"] == "req-1"
+
+    def test_uvicorn_handlers_are_replaced(self, stream: io.StringIO) -> None:
+        uvicorn = logging.getLogger("uvicorn.access")
+        foreign = logging.StreamHandler(io.StringIO())
+        uvicorn.addHandler(foreign)
+        uvicorn.propagate = False
+        configure_logging("INFO", stream=stream)
+        assert foreign not in uvicorn.handlers
+        uvicorn.info('127.0.0.1 - "GET / HTTP/1.1" 200')
+        assert lines(stream)[0]["logger"] == "uvicorn.access"
+
+
+class TestContext:
+    """request_id and trace ids come from contextvars."""
+
+    def test_request_id_bound_and_cleared(self, stream: io.StringIO) -> None:
+        configure_logging("INFO", stream=stream)
+        log = structlog.get_logger()
+        rid = set_request_id()
+        assert get_request_id() == rid
+        assert len(rid) == 32
+        log.info("a")
+        log.info("b", request_id="explicit")
+        clear_request_id()
+        log.info("c")
+        a, b, c = lines(stream)
+        assert a["request_id"] == rid
+        assert b["request_id"] == "explicit"  # per-call keyword wins
+        assert "request_id" not in c
+
+    def test_request_context_restores(self) -> None:
+        set_request_id("outer")
+        with request_context("inner") as rid:
+            assert rid == get_request_id() == "inner"
+        assert get_request_id() == "outer"
+        clear_request_id()
+
+    @pytest.mark.parametrize("bad", ["", "   "])
+    def test_bad_request_id(self, bad: str) -> None:
+        with pytest.raises(ValueError, match="request_id"):
+            set_request_id(bad)
+
+    async def test_tasks_do_not_share_request_ids(self, stream: io.StringIO) -> None:
+        configure_logging("INFO", stream=stream)
+        log = structlog.get_logger()
+
+        async def handle(n: int) -> None:
+            set_request_id(f"r{n}")
+            await asyncio.sleep(0)
+            log.info("handled", n=n)
+
+        await asyncio.gather(*(handle(n) for n in range(20)))
+        assert all(e["request_id"] == f"r{e['n']}" for e in lines(stream))
+
+    def test_trace_and_span_ids(self, stream: io.StringIO) -> None:
+        configure_logging("INFO", stream=stream)
+        tracer = TracerProvider().get_tracer("test")
+        log = structlog.get_logger()
+        with tracer.start_as_current_span("work") as span:
+            log.info("inside")
+            logging.getLogger("lib").warning("stdlib inside")
+            ctx = span.get_span_context()
+        log.info("outside")
+        inside, stdlib_inside, outside = lines(stream)
+        for event in (inside, stdlib_inside):
+            assert event["trace_id"] == format(ctx.trace_id, "032x")
+            assert event["span_id"] == format(ctx.span_id, "016x")
+            assert len(event["trace_id"]) == 32
+            assert len(event["span_id"]) == 16
+        assert "trace_id" not in outside
+        assert "span_id" not in outside

@@ -1,0 +1,154 @@
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import pydantic
+import pytest
+
+from infrakit.logging import DEFAULT_PATTERNS, REDACTED, PIIRedactor, is_sensitive_key
+
+SENTRY_DEFAULT_DENYLIST = [
+    "password", "passwd", "secret", "api_key", "apikey", "auth", "credentials", "mysql_pwd",
+    "privatekey", "private_key", "token", "session", "csrftoken", "sessionid", "x_csrftoken",
+    "x_forwarded_for", "set_cookie", "cookie", "authorization", "x_api_key", "aiohttp_session",
+    "connect.sid", "csrf_token", "csrf", "_csrf", "_csrf_token", "PHPSESSID", "_session",
+    "symfony", "user_session", "_xsrf", "XSRF-TOKEN",
+]  # fmt: skip
+SENTRY_DEFAULT_PII_DENYLIST = ["x_forwarded_for", "x_real_ip", "ip_address", "remote_addr"]
+
+
+class TestKeyMatching:
+    """Which keys are sensitive, and which are not."""
+
+    @pytest.mark.parametrize("key", SENTRY_DEFAULT_DENYLIST + SENTRY_DEFAULT_PII_DENYLIST)
+    def test_sentry_denylists(self, key: str) -> None:
+        assert is_sensitive_key(key)
+
+    def test_patterns_include_sentry_lists(self) -> None:
+        assert set(SENTRY_DEFAULT_DENYLIST + SENTRY_DEFAULT_PII_DENYLIST) <= DEFAULT_PATTERNS
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "access_token", "refresh_token", "api_token", "client_secret", "secret_key",
+            "db_password", "X-Api-Key", "x-api-key", "apiKey", "ApiKey", "API_KEY", "accessToken",
+            "Authorization", "proxy-authorization", "Proxy-Authorization", "Set-Cookie",
+            "user_email", "email", "phone", "ssn", "credit_card", "card_number", "cvv", "iban",
+            "session_id", "user.password", "PASSWORD", "newPassword",
+        ],
+    )  # fmt: skip
+    def test_compound_and_cased_keys(self, key: str) -> None:
+        assert is_sensitive_key(key)
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "tokenizer", "token_count", "author", "session_count", "authority", "sessions_total",
+            "user_id", "event", "level", "timestamp", "request_id", "path", "status_code",
+            "passwordless_enabled", "emailer", "", "tokens_used",
+        ],
+    )  # fmt: skip
+    def test_no_false_positives(self, key: str) -> None:
+        assert not is_sensitive_key(key)
+
+    def test_non_string_keys_are_not_sensitive(self) -> None:
+        assert not is_sensitive_key(1)
+        assert not is_sensitive_key(None)
+
+    def test_extra_patterns(self) -> None:
+        assert not is_sensitive_key("national_insurance")
+        assert is_sensitive_key("national_insurance", ["national_insurance"])
+        assert is_sensitive_key("customer-National-Insurance", ["national_insurance"])
+
+
+@dataclasses.dataclass
+class Login:
+    user: str
+    password: str
+
+
+class Card(pydantic.BaseModel):
+    holder: str
+    card_number: str
+
+
+class TestRedactor:
+    """The structlog processor."""
+
+    def redact(self, event: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+        result: dict[str, Any] = PIIRedactor(**kwargs)(None, "info", event)
+        return result
+
+    def test_nested_structures(self) -> None:
+        event = {
+            "event": "login",
+            "password": "hunter2",
+            "user": {"name": "ann", "api_key": "k", "prefs": [{"token": "t"}, {"theme": "dark"}]},
+            "items": ({"secret": 1}, "plain"),
+            "tags": {"a", "b"},
+            "raw": {"cookie": b"\x00bytes"},
+            "obj": Login("ann", "pw"),
+            "card": Card(holder="ann", card_number="4111"),
+        }
+        out = self.redact(event)
+        assert out["password"] == REDACTED
+        assert out["user"] == {
+            "name": "ann",
+            "api_key": REDACTED,
+            "prefs": [{"token": REDACTED}, {"theme": "dark"}],
+        }
+        assert out["items"] == ({"secret": REDACTED}, "plain")
+        assert isinstance(out["items"], tuple)
+        assert out["tags"] == {"a", "b"}
+        assert out["raw"] == {"cookie": REDACTED}
+        assert out["obj"] == {"user": "ann", "password": REDACTED}
+        assert out["card"] == {"holder": "ann", "card_number": REDACTED}
+
+    def test_whole_container_under_sensitive_key(self) -> None:
+        out = self.redact({"credentials": {"user": "a", "pw": "b"}, "token": [1, 2]})
+        assert out == {"credentials": REDACTED, "token": REDACTED}
+
+    def test_caller_objects_are_not_mutated(self) -> None:
+        inner = {"token": "t", "ok": 1}
+        items = [inner]
+        event = {"data": {"items": items}, "password": "p"}
+        out = self.redact(event)
+        assert event == {"data": {"items": [{"token": "t", "ok": 1}]}, "password": "p"}
+        assert inner == {"token": "t", "ok": 1}
+        assert out["data"]["items"][0]["token"] == REDACTED
+
+    def test_untouched_containers_are_not_copied(self) -> None:
+        clean = {"a": [1, 2], "b": {"c": "d"}}
+        out = self.redact({"clean": clean})
+        assert out["clean"] is clean
+
+    def test_urls_with_passwords_are_masked_under_any_key(self) -> None:
+        out = self.redact({"dsn_target": "postgresql://app:pw@db/app", "note": "a@b"})
+        assert out["dsn_target"] == "postgresql://app:***@db/app"
+        assert out["note"] == "a@b"
+
+    def test_replacement_and_extra_patterns(self) -> None:
+        out = self.redact(
+            {"national_id": "x", "nationality": "y"},
+            additional_patterns=["national_id"],
+            replacement="***",
+        )
+        assert out == {"national_id": "***", "nationality": "y"}
+
+    def test_cycles_do_not_recurse_forever(self) -> None:
+        loop: list[Any] = []
+        loop.append(loop)
+        out = self.redact({"loop": loop})
+        depth = 0
+        node: Any = out["loop"]
+        while isinstance(node, list):
+            node = node[0]
+            depth += 1
+        assert node == "[TOO DEEP]"
+        assert depth <= 40
+
+    @pytest.mark.parametrize("pattern", ["", "  ", "__", 3])
+    def test_bad_pattern_is_value_error(self, pattern: Any) -> None:
+        with pytest.raises(ValueError, match="redaction pattern"):
+            PIIRedactor([pattern])
