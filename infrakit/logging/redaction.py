@@ -76,21 +76,22 @@ class _Matcher:
     is bounded so a stream of unique keys cannot grow it without limit.
     """
 
-    __slots__ = ("_cache", "_patterns")
+    __slots__ = ("_patterns", "cache")
 
     _CACHE_LIMIT = 4096
 
     def __init__(self, patterns: Iterable[str]) -> None:
         self._patterns = frozenset(n for n in map(_normalise, patterns) if n)
-        self._cache: dict[str, bool] = {}
+        #: key -> sensitive?; read directly on the hot path (see PIIRedactor).
+        self.cache: dict[object, bool] = {}
 
     def __call__(self, key: object) -> bool:
+        hit = self.cache.get(key)
+        return self.classify(key) if hit is None else hit
+
+    def classify(self, key: object) -> bool:
         if not isinstance(key, str):
             return False
-        try:
-            return self._cache[key]
-        except KeyError:
-            pass
         words = _words(key)
         suffix = ""
         hit = False
@@ -99,9 +100,9 @@ class _Matcher:
             if suffix in self._patterns:
                 hit = True
                 break
-        if len(self._cache) >= self._CACHE_LIMIT:
-            self._cache.clear()
-        self._cache[key] = hit
+        if len(self.cache) >= self._CACHE_LIMIT:
+            self.cache.clear()
+        self.cache[key] = hit
         return hit
 
 
@@ -117,6 +118,7 @@ def is_sensitive_key(key: object, extra_patterns: Iterable[str] = ()) -> bool:
 
 _MAX_DEPTH = 32
 _SCALARS = (str, int, float, bool, type(None))
+_PLAIN = frozenset({int, float, bool, type(None)})
 
 
 class PIIRedactor:
@@ -130,7 +132,7 @@ class PIIRedactor:
     password have the password masked whatever their key.
     """
 
-    __slots__ = ("_is_sensitive", "replacement")
+    __slots__ = ("_cache", "_is_sensitive", "replacement")
 
     def __init__(
         self,
@@ -145,36 +147,51 @@ class PIIRedactor:
             if not isinstance(pattern, str) or not _normalise(pattern):
                 raise ValueError(f"redaction pattern must be a non-empty key name, got {pattern!r}")
         self._is_sensitive = _Matcher(base | extra)
+        self._cache = self._is_sensitive.cache
         self.replacement = replacement
 
     def __call__(self, logger: object, method_name: str, event_dict: Any) -> Any:
-        return self.redact(event_dict)
+        # structlog hands each processor a dict of its own making, so the top
+        # level is redacted in place; nested values are the caller's and are
+        # copied on write. This loop is the hot path of every log line.
+        cache = self._cache
+        for key, value in event_dict.items():
+            sensitive = cache.get(key)
+            if sensitive is None:
+                sensitive = self._is_sensitive.classify(key)
+            if sensitive:
+                event_dict[key] = self.replacement
+            elif type(value) is str:
+                if "://" in value and "@" in value:
+                    event_dict[key] = mask_url(value)
+            elif type(value) not in _PLAIN:
+                event_dict[key] = self._value(value, 1)
+        return event_dict
 
     def redact(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """A redacted shallow copy of ``event`` (nested parts copied as needed)."""
-        out = dict(event)
-        is_sensitive = self._is_sensitive
-        for key, value in out.items():
-            if is_sensitive(key):
-                out[key] = self.replacement
-            elif not isinstance(value, _SCALARS) or isinstance(value, str):
-                out[key] = self._value(value, 1)
-        return out
+        result: dict[str, Any] = self(None, "", dict(event))
+        return result
 
     def _value(self, value: Any, depth: int) -> Any:
-        if isinstance(value, str):
-            return mask_url(value) if "@" in value and "://" in value else value
-        if isinstance(value, _SCALARS):
+        kind = type(value)
+        if kind is str:
+            return mask_url(value) if "://" in value and "@" in value else value
+        if kind in _PLAIN:
             return value
         if depth > _MAX_DEPTH:
             return "[TOO DEEP]"
+        # Exact-type checks first: ABC isinstance checks cost more than the walk.
+        if kind is dict:
+            return self._mapping(value, depth)
+        if kind is list or kind is tuple:
+            return self._sequence(value, depth)
+        if isinstance(value, _SCALARS):
+            return value
         if isinstance(value, Mapping):
             return self._mapping(value, depth)
         if isinstance(value, list | tuple):
-            items = [self._value(v, depth + 1) for v in value]
-            if all(a is b for a, b in zip(items, value, strict=True)):
-                return value
-            return type(value)(items) if type(value) in (list, tuple) else items
+            return self._sequence(value, depth)
         if isinstance(value, set | frozenset):
             items = [self._value(v, depth + 1) for v in value]
             try:
@@ -189,13 +206,38 @@ class PIIRedactor:
             return self._mapping(dump(), depth, force_copy=True)
         return value
 
+    def _sequence(self, value: list[Any] | tuple[Any, ...], depth: int) -> Any:
+        out: list[Any] | None = None
+        for index, item in enumerate(value):
+            kind = type(item)
+            if kind in _PLAIN or (kind is str and not ("://" in item and "@" in item)):
+                continue
+            new = self._value(item, depth + 1)
+            if new is not item:
+                if out is None:
+                    out = list(value)
+                out[index] = new
+        if out is None:
+            return value
+        return tuple(out) if type(value) is tuple else out
+
     def _mapping(
         self, value: Mapping[Any, Any], depth: int, *, force_copy: bool = False
     ) -> Mapping[Any, Any]:
         out: dict[Any, Any] | None = dict(value) if force_copy else None
-        is_sensitive = self._is_sensitive
+        cache = self._cache
         for key, item in value.items():
-            new = self.replacement if is_sensitive(key) else self._value(item, depth + 1)
+            sensitive = cache.get(key)
+            if sensitive is None:
+                sensitive = self._is_sensitive.classify(key)
+            if sensitive:
+                new = self.replacement
+            elif (kind := type(item)) in _PLAIN or (
+                kind is str and not ("://" in item and "@" in item)
+            ):
+                continue
+            else:
+                new = self._value(item, depth + 1)
             if new is not item:
                 if out is None:
                     out = dict(value)

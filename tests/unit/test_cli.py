@@ -76,6 +76,7 @@ class TestConfigShow:
             ],
             capsys,
         )
+        assert code == 0
         data = json.loads(out)
         assert data["database.pool_size"] == {
             "value": 7,

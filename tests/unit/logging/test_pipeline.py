@@ -4,6 +4,7 @@ import asyncio
 import io
 import json
 import logging
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -54,7 +55,8 @@ class TestConfigure:
         assert event["user_id"] == "u1"
         assert event["password"] == "[REDACTED]"
         assert event["n"] == 3
-        assert event["timestamp"].endswith("Z")
+        stamp = datetime.strptime(event["timestamp"], "%Y-%m-%dT%H:%M:%S.%fZ").replace(tzinfo=UTC)
+        assert abs((datetime.now(UTC) - stamp).total_seconds()) < 5
 
     def test_level_filtering(self, stream: io.StringIO) -> None:
         configure_logging("WARNING", stream=stream)
@@ -100,6 +102,23 @@ class TestConfigure:
             structlog.get_logger().exception("failed")
         event = lines(stream)[0]
         assert event["exception"][0]["exc_type"] == "RuntimeError"
+
+
+class TestTimestamper:
+    """The cached-second timestamper agrees with the clock across seconds."""
+
+    def test_matches_datetime(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        import time
+
+        from infrakit.logging.config import UTCTimestamper
+
+        stamper = UTCTimestamper()
+        for now in (1_700_000_000.123456, 1_700_000_000.999999, 1_700_000_001.0, 1_800_000_123.5):
+            monkeypatch.setattr(time, "time", lambda now=now: now)
+            got = stamper(None, "info", {})["timestamp"]
+            want = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            assert got[:20] == want[:20]
+            assert abs(int(got[20:26]) - int(want[20:26])) <= 1
 
 
 class TestStdlib:

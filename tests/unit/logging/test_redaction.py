@@ -77,7 +77,7 @@ class TestRedactor:
     """The structlog processor."""
 
     def redact(self, event: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        result: dict[str, Any] = PIIRedactor(**kwargs)(None, "info", event)
+        result: dict[str, Any] = PIIRedactor(**kwargs).redact(event)
         return result
 
     def test_nested_structures(self) -> None:
@@ -117,6 +117,14 @@ class TestRedactor:
         assert event == {"data": {"items": [{"token": "t", "ok": 1}]}, "password": "p"}
         assert inner == {"token": "t", "ok": 1}
         assert out["data"]["items"][0]["token"] == REDACTED
+
+    def test_processor_redacts_structlogs_own_dict_in_place(self) -> None:
+        nested = {"token": "t"}
+        event = {"password": "p", "data": nested}
+        out = PIIRedactor()(None, "info", event)
+        assert out is event
+        assert out == {"password": REDACTED, "data": {"token": REDACTED}}
+        assert nested == {"token": "t"}  # nested values belong to the caller
 
     def test_untouched_containers_are_not_copied(self) -> None:
         clean = {"a": [1, 2], "b": {"c": "d"}}

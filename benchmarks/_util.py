@@ -1,0 +1,37 @@
+"""Helpers shared by the ratio benchmarks: interleaved runs, medians, a verdict."""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+
+
+def time_command(argv: Sequence[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(argv, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - start
+
+
+def interleaved(runs: int, **candidates: Callable[[], float]) -> dict[str, float]:
+    """Median of ``runs`` samples per candidate, taken in alternation.
+
+    Alternating A, B, A, B... spreads machine noise over both sides, so the
+    ratio is fair even on a shared, noisy machine.
+    """
+    samples: dict[str, list[float]] = {name: [] for name in candidates}
+    for _ in range(runs):
+        for name, measure in candidates.items():
+            samples[name].append(measure())
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
+def verdict(name: str, ratio: float, limit: float) -> bool:
+    ok = ratio <= limit
+    print(f"{name}: ratio {ratio:.2f}x (target <= {limit}x) -> {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
+PY = sys.executable

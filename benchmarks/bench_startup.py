@@ -1,0 +1,45 @@
+"""Start-up cost: building Infra on the `test` profile vs importing its core libraries.
+
+Target: ``from infrakit import Infra; Infra.from_profile('test')`` costs at most
+1.3x ``import structlog, pydantic_settings, dependency_injector, sqlalchemy``,
+and imports none of asyncpg, redis, grpc or an OTLP exporter.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+from _util import PY, interleaved, time_command, verdict
+
+BASELINE = "import structlog, pydantic_settings, dependency_injector, sqlalchemy"
+INFRAKIT = "from infrakit import Infra; Infra.from_profile('test')"
+HEAVY = ("asyncpg", "redis", "grpc", "opentelemetry.exporter")
+
+
+def main(runs: int = 21) -> bool:
+    time_command([PY, "-c", "pass"])  # warm the file cache
+    result = interleaved(
+        runs,
+        python=lambda: time_command([PY, "-c", "pass"]),
+        baseline=lambda: time_command([PY, "-c", BASELINE]),
+        infrakit=lambda: time_command([PY, "-c", INFRAKIT]),
+    )
+    print(f"python -c pass:          {result['python'] * 1000:7.1f} ms (median of {runs})")
+    print(f"baseline imports:        {result['baseline'] * 1000:7.1f} ms")
+    print(f"Infra.from_profile(test): {result['infrakit'] * 1000:7.1f} ms")
+    probe = (
+        INFRAKIT
+        + "; import sys; print(','.join(m for m in sys.modules if m.startswith("
+        + repr(HEAVY)
+        + ")))"
+    )
+    heavy = subprocess.run([PY, "-c", probe], check=True, capture_output=True, text=True)
+    loaded = heavy.stdout.strip()
+    print(f"heavy backends imported: {loaded or 'none'}")
+    ok = verdict("startup", result["infrakit"] / result["baseline"], 1.3)
+    return ok and not loaded
+
+
+if __name__ == "__main__":
+    sys.exit(0 if main() else 1)
