@@ -86,9 +86,7 @@ class UTCTimestamper:
     def __init__(self) -> None:
         self._cached: tuple[int, str] = (-1, "")
 
-    def __call__(
-        self, logger: object, method_name: str, event_dict: EventDict
-    ) -> EventDict:
+    def __call__(self, logger: object, method_name: str, event_dict: EventDict) -> EventDict:
         now = time.time()
         second = int(now)
         cached_second, prefix = self._cached  # one tuple: safe across threads
