@@ -89,7 +89,7 @@ class SecretUrl:
             if isinstance(value, SecretUrl):
                 return value
             if not isinstance(value, str):
-                raise ValueError("expected a URL string")  # noqa: TRY004 - pydantic wants ValueError
+                raise ValueError("expected a URL string")
             value = value.strip()
             if not value:
                 raise ValueError("URL cannot be empty")

@@ -153,6 +153,37 @@ def cmd_describe(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_db_upgrade(args: argparse.Namespace) -> int:
+    from infrakit.database.migrate import upgrade_sync
+
+    settings = _load(args)
+    revision = upgrade_sync(settings)
+    print(f"ok: {settings.database.url} is at revision {revision}")
+    return EXIT_OK
+
+
+def cmd_audit_verify(args: argparse.Namespace) -> int:
+    from infrakit.container import Infra
+
+    settings = _load(args)
+
+    async def run() -> int:
+        async with Infra(settings) as infra:
+            result = await infra.audit.verify()
+        if result.ok:
+            note = f" ({result.reason})" if result.reason else ""
+            print(f"ok: {result.checked} audit entries verified{note}")
+            return EXIT_OK
+        print(
+            f"BROKEN: audit chain fails at entry {result.first_bad_id} "
+            f"(entry {result.checked} in insertion order): {result.reason}",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+
+    return asyncio.run(run())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="infrakit", description="Configuration-driven infrastructure kit.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
@@ -179,6 +210,18 @@ def build_parser() -> argparse.ArgumentParser:
     diff.add_argument("b", help="second profile")
     _profile_args(diff, positional=False)
     diff.set_defaults(func=cmd_diff)
+
+    db = sub.add_parser("db", help="the kit's database tables")
+    db_sub = db.add_subparsers(dest="db_command", required=True, parser_class=_Parser)
+    db_upgrade = db_sub.add_parser("upgrade", help="apply the kit's migrations (idempotent)")
+    _profile_args(db_upgrade)
+    db_upgrade.set_defaults(func=cmd_db_upgrade)
+
+    audit = sub.add_parser("audit", help="the audit log")
+    audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
+    verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 when broken")
+    _profile_args(verify)
+    verify.set_defaults(func=cmd_audit_verify)
 
     describe = sub.add_parser(
         "describe", help="start the infrastructure of a profile, print what was built, stop"

@@ -214,7 +214,30 @@ def get_backend(component: str, name: str) -> BackendSpec | None:
 
 # The kit's own backends. Each component's issue adds its line here; the
 # target module is imported only when that backend is built.
-_BUILTINS: tuple[BackendSpec, ...] = ()
+_BUILTINS: tuple[BackendSpec, ...] = (
+    BackendSpec(
+        "database",
+        "sqlalchemy",
+        "infrakit.database.session:from_settings",
+        description="SQLAlchemy async engine: SQLite (aiosqlite) or PostgreSQL (asyncpg)",
+        origin=Origin.BUILTIN,
+    ),
+    BackendSpec(
+        "audit",
+        "memory",
+        "infrakit.audit.memory:build",
+        description="bounded in-memory audit log",
+        origin=Origin.BUILTIN,
+    ),
+    BackendSpec(
+        "audit",
+        "sql",
+        "infrakit.audit.sql:build",
+        requires=("database",),
+        description="append-only, hash-chained audit table in the application's database",
+        origin=Origin.BUILTIN,
+    ),
+)
 
 
 def _register_builtins() -> None:

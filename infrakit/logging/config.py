@@ -22,6 +22,8 @@ LOG_FORMATS = ("json", "console")
 
 #: stdlib loggers that install handlers of their own; we send them through ours.
 DEFAULT_CAPTURED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
+#: Loggers that narrate every operation at DEBUG; held at WARNING unless asked.
+DEFAULT_QUIET_LOGGERS = ("aiosqlite",)
 
 _lock = threading.Lock()
 _configured = False
@@ -150,6 +152,7 @@ def configure_logging(
     *,
     stream: IO[str] | None = None,
     capture_loggers: Iterable[str] = DEFAULT_CAPTURED_LOGGERS,
+    quiet_loggers: Iterable[str] = DEFAULT_QUIET_LOGGERS,
 ) -> None:
     """Configure structlog and stdlib logging to one redacting pipeline.
 
@@ -188,6 +191,8 @@ def configure_logging(
         _remove_handlers(root)
         root.addHandler(handler)
         root.setLevel(level)
+        for name in quiet_loggers:
+            logging.getLogger(name).setLevel(max(level, logging.WARNING))
         for name in capture_loggers:
             captured = logging.getLogger(name)
             for old in list(captured.handlers):

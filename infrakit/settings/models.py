@@ -80,6 +80,9 @@ class DatabaseSettings(_Section):
     pool_recycle_s: int = Field(1800, ge=-1, description="Recycle connections after N seconds.")
     connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout in seconds.")
     echo: bool = Field(False, description="Log every SQL statement (development only).")
+    auto_migrate: bool = Field(
+        False, description="Apply the kit's migrations at start-up (else: infrakit db upgrade)."
+    )
 
     @field_validator("backend")
     @classmethod

@@ -83,7 +83,7 @@ class TestConfigShow:
             "source": "env INFRAKIT__DATABASE__POOL_SIZE",
         }
         assert data["audit.max_entries"]["source"] == "override audit.max_entries"
-        assert data["telemetry.exporter"]["source"].endswith("test.yaml:14:3")
+        assert data["telemetry.exporter"]["source"].endswith("test.yaml:15:3")
         assert data["database.echo"]["source"] == "default"
         _, out, _ = run(["config", "show", "test", "--sources"], capsys)
         assert any(

@@ -188,7 +188,11 @@ class TestGraphCheck:
         finally:
             registry.unregister_backend("tokens", "exotic")
 
-    def test_missing_dependency_component(self, backends: Any) -> None:
+    def test_missing_dependency_component(
+        self, backends: Any, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        # as if the kit's own database backend were absent from this install
+        monkeypatch.delitem(registry._table, ("database", "sqlalchemy"))
         settings = rec_settings(**{"database.backend": "sqlalchemy"})
         with pytest.raises(ConfigError, match=r"tokens\.backend: backend 'rec' needs database"):
             Infra(settings)

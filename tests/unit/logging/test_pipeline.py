@@ -127,12 +127,12 @@ class TestStdlib:
     def test_redaction_and_fields(self, stream: io.StringIO) -> None:
         configure_logging("DEBUG", stream=stream)
         with request_context("req-1"):
-            logging.getLogger("sqlalchemy.engine").info(
+            logging.getLogger("app.db").info(
                 "connect %s", "db", extra={"password": "pw", "db_password": "x", "rows": 2}
             )
         (event,) = lines(stream)
         assert event["event"] == "connect db"
-        assert event["logger"] == "sqlalchemy.engine"
+        assert event["logger"] == "app.db"
         assert event["password"] == "[REDACTED]"
         assert event["db_password"] == "[REDACTED]"
         assert event["rows"] == 2

@@ -1,0 +1,31 @@
+"""The audit log: immutable UTC entries, append-only, optionally hash-chained."""
+
+from infrakit.audit.base import (
+    AuditEntry,
+    AuditFilter,
+    AuditLogger,
+    VerifyResult,
+    canonical_json,
+    chain_hash,
+)
+from infrakit.audit.memory import InMemoryAuditLogger
+
+__all__ = [
+    "AuditEntry",
+    "AuditFilter",
+    "AuditLogger",
+    "InMemoryAuditLogger",
+    "SqlAuditLogger",
+    "VerifyResult",
+    "canonical_json",
+    "chain_hash",
+]
+
+
+def __getattr__(name: str) -> object:
+    # The SQL backend pulls in SQLAlchemy's async engine; import it on first use.
+    if name == "SqlAuditLogger":
+        from infrakit.audit.sql import SqlAuditLogger
+
+        return SqlAuditLogger
+    raise AttributeError(f"module 'infrakit.audit' has no attribute {name!r}")

@@ -1,0 +1,364 @@
+"""The audit log's value types and the ``AuditLogger`` interface."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import uuid
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from datetime import UTC, datetime
+from types import MappingProxyType
+from typing import Any
+
+from infrakit.logging.context import get_request_id
+
+__all__ = [
+    "AuditEntry",
+    "AuditFilter",
+    "AuditLogger",
+    "VerifyResult",
+    "canonical_json",
+    "chain_hash",
+]
+
+MAX_LIMIT = 10_000
+_REQUIRED = ("id", "timestamp", "action", "resource_type", "result")
+_OPTIONAL_STR = ("resource_id", "user_id", "ip_address", "user_agent", "request_id", "trace_id")
+_HASHES = ("prev_hash", "hash")
+
+
+def _freeze(value: Any, path: str) -> Any:
+    """A deep, immutable copy of a JSON value; anything else is a ValueError."""
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            raise ValueError(f"details{path}: {value!r} is not a JSON number")
+        return value
+    if isinstance(value, Mapping):
+        frozen: dict[str, Any] = {}
+        for key, item in value.items():
+            if not isinstance(key, str):
+                raise ValueError(f"details{path}: keys must be strings, got {key!r}")
+            frozen[key] = _freeze(item, f"{path}.{key}")
+        return MappingProxyType(frozen)
+    if isinstance(value, list | tuple):
+        return tuple(_freeze(item, f"{path}[{i}]") for i, item in enumerate(value))
+    raise ValueError(f"details{path}: {type(value).__name__} is not a JSON value")
+
+
+def _thaw(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return {key: _thaw(item) for key, item in value.items()}
+    if isinstance(value, tuple):
+        return [_thaw(item) for item in value]
+    return value
+
+
+def _utc(value: datetime, name: str) -> datetime:
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValueError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEntry:
+    """One immutable audit record; timestamps are always UTC.
+
+    ``details`` holds JSON values only and is stored as a read-only deep
+    copy (mappings become read-only mappings, lists become tuples), so an
+    entry cannot change after it was written. ``prev_hash`` and ``hash`` are
+    set by a logger that keeps a hash chain.
+    """
+
+    id: str
+    timestamp: datetime
+    action: str
+    resource_type: str
+    result: str
+    resource_id: str | None = None
+    user_id: str | None = None
+    details: Mapping[str, Any] = field(default_factory=dict)
+    ip_address: str | None = None
+    user_agent: str | None = None
+    request_id: str | None = None
+    trace_id: str | None = None
+    prev_hash: str | None = None
+    hash: str | None = None
+
+    def __post_init__(self) -> None:
+        for name in ("id", "action", "resource_type", "result"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value.strip():
+                raise ValueError(f"AuditEntry.{name} must be a non-empty string, got {value!r}")
+        if not isinstance(self.timestamp, datetime):
+            raise ValueError(
+                f"AuditEntry.timestamp must be a datetime, got {type(self.timestamp).__name__}"
+            )
+        object.__setattr__(self, "timestamp", _utc(self.timestamp, "AuditEntry.timestamp"))
+        for name in (*_OPTIONAL_STR, *_HASHES):
+            value = getattr(self, name)
+            if value is not None and not isinstance(value, str):
+                raise ValueError(f"AuditEntry.{name} must be a string or None, got {value!r}")
+        if not isinstance(self.details, Mapping):
+            raise ValueError(
+                f"AuditEntry.details must be a mapping, got {type(self.details).__name__}"
+            )
+        object.__setattr__(self, "details", _freeze(self.details, ""))
+
+    # --- serialisation ------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-ready data; ``from_dict`` turns it back into an equal entry."""
+        out: dict[str, Any] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "timestamp":
+                value = value.isoformat(timespec="microseconds")
+            elif f.name == "details":
+                value = _thaw(value)
+            out[f.name] = value
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> AuditEntry:
+        """Build an entry, naming every missing or mistyped field in one ValueError."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"AuditEntry.from_dict expects a mapping, got {type(data).__name__}")
+        problems: list[str] = []
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            problems.append(f"unknown field(s): {', '.join(unknown)}")
+        problems.extend(f"{name}: missing" for name in _REQUIRED if data.get(name) is None)
+        for name in ("id", "action", "resource_type", "result"):
+            value = data.get(name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                problems.append(f"{name}: expected a non-empty string, got {value!r}")
+        for name in (*_OPTIONAL_STR, *_HASHES):
+            value = data.get(name)
+            if value is not None and not isinstance(value, str):
+                problems.append(f"{name}: expected a string or null, got {type(value).__name__}")
+        stamp = data.get("timestamp")
+        if isinstance(stamp, str):
+            try:
+                stamp = datetime.fromisoformat(stamp)
+            except ValueError:
+                problems.append(f"timestamp: not an ISO 8601 date-time: {stamp!r}")
+        if isinstance(stamp, datetime) and stamp.tzinfo is None:
+            problems.append("timestamp: must include a UTC offset")
+        elif stamp is not None and not isinstance(stamp, datetime | str):
+            problems.append(f"timestamp: expected an ISO 8601 string, got {type(stamp).__name__}")
+        details = data.get("details", {})
+        if details is None:
+            details = {}
+        if not isinstance(details, Mapping):
+            problems.append(f"details: expected an object, got {type(details).__name__}")
+        if problems:
+            raise ValueError("invalid audit entry: " + "; ".join(problems))
+        values: dict[str, Any] = {name: data.get(name) for name in known if name in data}
+        values["timestamp"] = stamp
+        values["details"] = details
+        return cls(**values)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> AuditEntry:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"invalid audit entry JSON: {error}") from error
+        return cls.from_dict(data)
+
+    def with_chain(self, prev_hash: str | None, hash_: str | None) -> AuditEntry:
+        return replace(self, prev_hash=prev_hash, hash=hash_)
+
+
+def canonical_json(entry: AuditEntry) -> bytes:
+    """The bytes a chain hash covers: every field but the hashes, sorted, compact."""
+    data = entry.to_dict()
+    for name in _HASHES:
+        data.pop(name)
+    return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+
+
+def chain_hash(prev_hash: str | None, entry: AuditEntry) -> str:
+    """``sha256(prev_hash || canonical_json(entry))`` as hex (no prev: empty)."""
+    digest = hashlib.sha256((prev_hash or "").encode("ascii"))
+    digest.update(canonical_json(entry))
+    return digest.hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditFilter:
+    """Criteria for :meth:`AuditLogger.query`; all given criteria must match.
+
+    ``start_time`` is inclusive and ``end_time`` exclusive; both must be
+    timezone-aware. Results are ordered newest first (timestamp, then id).
+    """
+
+    user_id: str | None = None
+    action: str | None = None
+    resource_type: str | None = None
+    resource_id: str | None = None
+    result: str | None = None
+    start_time: datetime | None = None
+    end_time: datetime | None = None
+    limit: int = 100
+    offset: int = 0
+
+    def __post_init__(self) -> None:
+        if (
+            isinstance(self.limit, bool)
+            or not isinstance(self.limit, int)
+            or not 1 <= self.limit <= MAX_LIMIT
+        ):
+            raise ValueError(
+                f"AuditFilter.limit must be between 1 and {MAX_LIMIT}, got {self.limit!r}"
+            )
+        if isinstance(self.offset, bool) or not isinstance(self.offset, int) or self.offset < 0:
+            raise ValueError(f"AuditFilter.offset must be >= 0, got {self.offset!r}")
+        for name in ("start_time", "end_time"):
+            value = getattr(self, name)
+            if value is not None:
+                if not isinstance(value, datetime):
+                    raise ValueError(f"AuditFilter.{name} must be a datetime, got {value!r}")
+                object.__setattr__(self, name, _utc(value, f"AuditFilter.{name}"))
+        if self.start_time and self.end_time and self.start_time > self.end_time:
+            raise ValueError(
+                f"AuditFilter.start_time ({self.start_time.isoformat()}) is after "
+                f"end_time ({self.end_time.isoformat()})"
+            )
+
+    def matches(self, entry: AuditEntry) -> bool:
+        for name in ("user_id", "action", "resource_type", "resource_id", "result"):
+            wanted = getattr(self, name)
+            if wanted is not None and getattr(entry, name) != wanted:
+                return False
+        if self.start_time is not None and entry.timestamp < self.start_time:
+            return False
+        return not (self.end_time is not None and entry.timestamp >= self.end_time)
+
+
+def sort_key(entry: AuditEntry) -> tuple[datetime, str]:
+    return (entry.timestamp, entry.id)
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    """What :meth:`AuditLogger.verify` found."""
+
+    ok: bool
+    checked: int
+    first_bad_id: str | None = None
+    reason: str | None = None
+
+
+def _current_trace_id() -> str | None:
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    return format(context.trace_id, "032x") if context.is_valid else None
+
+
+class AuditLogger(ABC):
+    """An append-only audit log. Entries are never updated or deleted."""
+
+    @abstractmethod
+    async def log(self, entry: AuditEntry) -> AuditEntry:
+        """Append ``entry``; returns it as stored (with its chain hashes)."""
+
+    async def log_many(self, entries: Iterable[AuditEntry]) -> list[AuditEntry]:
+        """Append several entries; backends override this to batch."""
+        return [await self.log(entry) for entry in entries]
+
+    async def log_action(
+        self, action: str, resource_type: str, *, result: str = "success", **fields_: Any
+    ) -> AuditEntry:
+        """Record that ``action`` happened to ``resource_type`` now (UTC).
+
+        ``request_id`` and ``trace_id`` come from the current context unless
+        given; other keyword arguments are :class:`AuditEntry` fields.
+        """
+        allowed = {f.name for f in fields(AuditEntry)} - {"id", "timestamp", "prev_hash", "hash"}
+        unknown = set(fields_) - allowed
+        if unknown:
+            raise ValueError(
+                f"log_action: unexpected field(s) {', '.join(sorted(unknown))}; "
+                f"allowed: {', '.join(sorted(allowed - {'action', 'resource_type', 'result'}))}"
+            )
+        fields_.setdefault("request_id", get_request_id())
+        fields_.setdefault("trace_id", _current_trace_id())
+        entry = AuditEntry(
+            id=str(uuid.uuid4()),
+            timestamp=datetime.now(UTC),
+            action=action,
+            resource_type=resource_type,
+            result=result,
+            **fields_,
+        )
+        return await self.log(entry)
+
+    @abstractmethod
+    async def query(self, audit_filter: AuditFilter | None = None) -> list[AuditEntry]:
+        """Entries matching every criterion, newest first (timestamp, id)."""
+
+    @abstractmethod
+    async def count(self, audit_filter: AuditFilter | None = None) -> int:
+        """How many entries match (``limit``/``offset`` ignored)."""
+
+    @abstractmethod
+    async def verify(self) -> VerifyResult:
+        """Check the hash chain, naming the first entry that does not fit."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook with nothing to do by default
+        """Release resources; the default has none."""
+
+
+class ChainChecker:
+    """Checks a hash chain one entry at a time (so a million rows can stream)."""
+
+    __slots__ = ("_expected_prev", "checked", "failure")
+
+    def __init__(self, start_prev: str | None = None) -> None:
+        self._expected_prev = start_prev
+        self.checked = 0
+        self.failure: VerifyResult | None = None
+
+    def feed(self, entry: AuditEntry) -> bool:
+        """Check the next entry; False (and ``failure`` set) at the first bad one."""
+        self.checked += 1
+        if entry.prev_hash != self._expected_prev:
+            self.failure = VerifyResult(
+                False,
+                self.checked,
+                entry.id,
+                "prev_hash does not match the entry before it (an entry was removed or reordered)",
+            )
+            return False
+        if entry.hash != chain_hash(entry.prev_hash, entry):
+            self.failure = VerifyResult(
+                False, self.checked, entry.id, "hash does not match the entry's content (edited)"
+            )
+            return False
+        self._expected_prev = entry.hash
+        return True
+
+    def result(self) -> VerifyResult:
+        return self.failure or VerifyResult(True, self.checked)
+
+
+def verify_chain(entries: Iterable[AuditEntry], *, start_prev: str | None = None) -> VerifyResult:
+    """Walk entries in chain order and check each link."""
+    checker = ChainChecker(start_prev)
+    for entry in entries:
+        if not checker.feed(entry):
+            break
+    return checker.result()

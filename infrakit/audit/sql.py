@@ -1,0 +1,236 @@
+"""``SqlAuditLogger``: the audit log in the application's own database.
+
+The table is append-only (this class has no update or delete) and created
+by the kit's migration (``infrakit db upgrade``). With ``hash_chain`` every
+row stores the previous row's hash and its own
+``sha256(prev_hash || canonical_json(entry))``; writers are serialised by a
+PostgreSQL advisory lock (``BEGIN IMMEDIATE`` on SQLite), so concurrent
+writers in many processes still form one valid chain.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy import exc
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from infrakit.audit.base import (
+    AuditEntry,
+    AuditFilter,
+    AuditLogger,
+    ChainChecker,
+    VerifyResult,
+    chain_hash,
+)
+from infrakit.database.session import SQLITE_BEGIN_IMMEDIATE, DatabaseSession
+from infrakit.errors import AuditError
+
+if TYPE_CHECKING:
+    from infrakit.settings.models import InfraSettings
+
+__all__ = ["AUDIT_TABLE", "SqlAuditLogger", "audit_log", "metadata"]
+
+AUDIT_TABLE = "infrakit_audit_log"
+# Any fixed 64-bit number: the advisory lock that serialises chain writers.
+_PG_CHAIN_LOCK = 0x1F2A_A0D1
+_VERIFY_BATCH = 5_000
+
+metadata = sa.MetaData()
+
+#: Mirrors migrations/versions/0001_audit_log.py (a test keeps the two equal).
+audit_log = sa.Table(
+    AUDIT_TABLE,
+    metadata,
+    sa.Column(
+        "seq",
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+        primary_key=True,
+        autoincrement=True,
+    ),
+    sa.Column("id", sa.String(64), nullable=False),
+    sa.Column("timestamp", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("action", sa.String(128), nullable=False),
+    sa.Column("resource_type", sa.String(128), nullable=False),
+    sa.Column("result", sa.String(64), nullable=False),
+    sa.Column("resource_id", sa.String(256), nullable=True),
+    sa.Column("user_id", sa.String(256), nullable=True),
+    sa.Column("details", sa.Text(), nullable=False),
+    sa.Column("ip_address", sa.String(64), nullable=True),
+    sa.Column("user_agent", sa.Text(), nullable=True),
+    sa.Column("request_id", sa.String(128), nullable=True),
+    sa.Column("trace_id", sa.String(32), nullable=True),
+    sa.Column("prev_hash", sa.String(64), nullable=True),
+    sa.Column("hash", sa.String(64), nullable=True),
+    sa.UniqueConstraint("id", name=f"uq_{AUDIT_TABLE}_id"),
+    sa.Index(f"ix_{AUDIT_TABLE}_timestamp_id", "timestamp", "id"),
+    sa.Index(f"ix_{AUDIT_TABLE}_user_id_timestamp", "user_id", "timestamp"),
+    sa.Index(f"ix_{AUDIT_TABLE}_action_timestamp", "action", "timestamp"),
+    sa.Index(f"ix_{AUDIT_TABLE}_resource", "resource_type", "resource_id"),
+)
+
+_c = audit_log.c
+_ENTRY_COLUMNS = [c for c in audit_log.columns if c.name != "seq"]
+
+
+def _row(entry: AuditEntry) -> dict[str, Any]:
+    data = entry.to_dict()
+    data["timestamp"] = entry.timestamp
+    data["details"] = json.dumps(data["details"], ensure_ascii=False, separators=(",", ":"))
+    return data
+
+
+def _entry(row: sa.Row[Any]) -> AuditEntry:
+    data = dict(row._mapping)
+    data.pop("seq", None)
+    stamp: datetime = data["timestamp"]
+    # SQLite keeps no offset; the kit only ever writes UTC.
+    data["timestamp"] = stamp.replace(tzinfo=UTC) if stamp.tzinfo is None else stamp
+    data["details"] = json.loads(data["details"])
+    return AuditEntry(**data)
+
+
+def _where(f: AuditFilter) -> list[sa.ColumnElement[bool]]:
+    clauses: list[sa.ColumnElement[bool]] = []
+    for name in ("user_id", "action", "resource_type", "resource_id", "result"):
+        wanted = getattr(f, name)
+        if wanted is not None:
+            clauses.append(audit_log.c[name] == wanted)
+    if f.start_time is not None:
+        clauses.append(_c.timestamp >= f.start_time)
+    if f.end_time is not None:
+        clauses.append(_c.timestamp < f.end_time)
+    return clauses
+
+
+class SqlAuditLogger(AuditLogger):
+    """The audit log in a SQL table, written in transactions of its own.
+
+    Each write uses its own connection and transaction, never the
+    application's session, so an entry logged inside a failing request
+    survives that request's rollback. A write that fails raises
+    :class:`AuditError`: an entry is never dropped silently.
+    """
+
+    def __init__(self, database: DatabaseSession, *, hash_chain: bool = True) -> None:
+        if not isinstance(database, DatabaseSession):
+            raise ValueError(
+                f"SqlAuditLogger needs a DatabaseSession, got {type(database).__name__}"
+            )
+        self._db = database
+        self.hash_chain = hash_chain
+
+    def __repr__(self) -> str:
+        return f"SqlAuditLogger({self._db!r}, hash_chain={self.hash_chain})"
+
+    def _fail(self, what: str, error: BaseException) -> AuditError:
+        return AuditError(f"{what} on {self._db.url} failed: {type(error).__name__}")
+
+    async def initialize(self) -> None:
+        """Check that the audit table exists (it is created by ``infrakit db upgrade``)."""
+        try:
+            async with self._db.engine.connect() as conn:
+                exists = await conn.run_sync(lambda sync: sa.inspect(sync).has_table(AUDIT_TABLE))
+        except (exc.SQLAlchemyError, OSError) as error:
+            raise self._fail("checking the audit table", error) from error
+        if not exists:
+            raise AuditError(
+                f"the audit table {AUDIT_TABLE!r} does not exist in {self._db.url}; "
+                "run `infrakit db upgrade PROFILE` (or set database.auto_migrate: true)"
+            )
+
+    # --- writing ----------------------------------------------------------------
+
+    async def log(self, entry: AuditEntry) -> AuditEntry:
+        return (await self.log_many([entry]))[0]
+
+    async def log_many(self, entries: Iterable[AuditEntry]) -> list[AuditEntry]:
+        batch = list(entries)
+        for entry in batch:
+            if not isinstance(entry, AuditEntry):
+                raise ValueError(f"expected AuditEntry items, got {type(entry).__name__}")
+        if not batch:
+            return []
+        try:
+            async with self._db.engine.connect() as plain:
+                # SQLite: take the writer lock at BEGIN, before the last hash is read.
+                options = {SQLITE_BEGIN_IMMEDIATE: True} if self._db.is_sqlite else {}
+                conn = await plain.execution_options(**options)
+                async with conn.begin():
+                    stored = await self._chain(conn, batch) if self.hash_chain else batch
+                    await conn.execute(sa.insert(audit_log), [_row(e) for e in stored])
+        except (exc.SQLAlchemyError, OSError) as error:
+            raise self._fail(
+                f"writing {len(batch)} audit entr{'y' if len(batch) == 1 else 'ies'}", error
+            ) from error
+        return stored
+
+    async def _chain(self, conn: AsyncConnection, batch: Sequence[AuditEntry]) -> list[AuditEntry]:
+        if self._db.is_postgresql:
+            await conn.execute(
+                sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CHAIN_LOCK}
+            )
+        prev = (await conn.execute(sa.select(_c.hash).order_by(_c.seq.desc()).limit(1))).scalar()
+        stored = []
+        for entry in batch:
+            linked = entry.with_chain(prev, chain_hash(prev, entry))
+            stored.append(linked)
+            prev = linked.hash
+        return stored
+
+    # --- reading ------------------------------------------------------------------
+
+    async def query(self, audit_filter: AuditFilter | None = None) -> list[AuditEntry]:
+        f = audit_filter or AuditFilter()
+        statement = (
+            sa.select(*_ENTRY_COLUMNS)
+            .where(*_where(f))
+            .order_by(_c.timestamp.desc(), _c.id.desc())
+            .offset(f.offset)
+            .limit(f.limit)
+        )
+        try:
+            async with self._db.engine.connect() as conn:
+                rows = (await conn.execute(statement)).all()
+        except (exc.SQLAlchemyError, OSError) as error:
+            raise self._fail("querying the audit log", error) from error
+        return [_entry(row) for row in rows]
+
+    async def count(self, audit_filter: AuditFilter | None = None) -> int:
+        f = audit_filter or AuditFilter()
+        statement = sa.select(sa.func.count()).select_from(audit_log).where(*_where(f))
+        try:
+            async with self._db.engine.connect() as conn:
+                return int((await conn.execute(statement)).scalar_one())
+        except (exc.SQLAlchemyError, OSError) as error:
+            raise self._fail("counting the audit log", error) from error
+
+    async def verify(self) -> VerifyResult:
+        """Walk the whole chain in insertion order, streaming rows in batches."""
+        checker = ChainChecker()
+        statement = sa.select(*_ENTRY_COLUMNS).order_by(_c.seq)
+        try:
+            async with self._db.engine.connect() as conn:
+                result = await conn.stream(statement.execution_options(yield_per=_VERIFY_BATCH))
+                async for row in result:
+                    entry = _entry(row)
+                    if not self.hash_chain:
+                        checker.checked += 1
+                        continue
+                    if not checker.feed(entry):
+                        await result.close()
+                        break
+        except (exc.SQLAlchemyError, OSError) as error:
+            raise self._fail("verifying the audit log", error) from error
+        if not self.hash_chain:
+            return VerifyResult(True, checker.checked, reason="hash chain disabled")
+        return checker.result()
+
+
+def build(settings: InfraSettings, database: DatabaseSession) -> SqlAuditLogger:
+    """Registry factory for ``audit.backend: sql``."""
+    return SqlAuditLogger(database, hash_chain=settings.audit.hash_chain)
