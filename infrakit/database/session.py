@@ -118,8 +118,11 @@ class DatabaseSession:
         await db.close()
 
     Constructing validates everything and connects to nothing. SQLite gets a
-    pool that suits it (``:memory:`` shares one connection so tables survive
-    across sessions; ``pool_size``/``max_overflow`` apply to server databases).
+    pool that suits it (``:memory:`` keeps exactly one connection, so tables
+    survive across sessions and one task at a time uses it; code that needs a
+    second connection while holding the first — an SQL audit write inside an
+    open session — waits, so use a file or PostgreSQL for that).
+    ``pool_size``/``max_overflow`` apply to server databases.
     """
 
     def __init__(
@@ -161,7 +164,17 @@ class DatabaseSession:
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": self.connect_timeout_s, "check_same_thread": False}
             if self._memory:
-                kwargs["poolclass"] = pool.StaticPool
+                # One connection holds the whole database; a pool of exactly one
+                # keeps it alive across sessions and hands it to one user at a
+                # time (StaticPool would share it between concurrent tasks and
+                # interleave their transactions).
+                kwargs.update(
+                    poolclass=pool.AsyncAdaptedQueuePool,
+                    pool_size=1,
+                    max_overflow=0,
+                    pool_recycle=-1,
+                    pool_timeout=self.connect_timeout_s,
+                )
         else:
             kwargs.update(
                 pool_size=pool_size, max_overflow=max_overflow, pool_recycle=pool_recycle_s
@@ -303,6 +316,9 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
         cursor = dbapi_connection.cursor()
         cursor.execute("PRAGMA foreign_keys=ON")
         cursor.execute("PRAGMA busy_timeout=5000")
+        # WAL: readers never block the writer (an audit write while a request
+        # reads), and the writer never blocks readers. A no-op for :memory:.
+        cursor.execute("PRAGMA journal_mode=WAL")
         cursor.close()
 
     @event.listens_for(engine.sync_engine, "begin")
