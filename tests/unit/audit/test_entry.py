@@ -43,7 +43,7 @@ class TestAuditEntry:
 
     def test_naive_timestamp_is_rejected(self) -> None:
         with pytest.raises(ValueError, match="timezone-aware"):
-            make(timestamp=datetime(2026, 1, 1))  # noqa: DTZ001
+            make(timestamp=datetime(2026, 1, 1))
 
     @pytest.mark.parametrize("field", ["id", "action", "resource_type", "result"])
     @pytest.mark.parametrize("value", ["", "  ", None, 3])
@@ -125,7 +125,7 @@ class TestAuditFilter:
 
     def test_times_must_be_aware_and_ordered(self) -> None:
         with pytest.raises(ValueError, match="timezone-aware"):
-            AuditFilter(start_time=datetime(2026, 1, 1))  # noqa: DTZ001
+            AuditFilter(start_time=datetime(2026, 1, 1))
         with pytest.raises(ValueError, match="is after end_time"):
             AuditFilter(start_time=T0, end_time=T0 - timedelta(seconds=1))
 

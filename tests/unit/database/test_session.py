@@ -70,7 +70,7 @@ class TestValidation:
 
     def test_password_never_in_errors_or_repr(self) -> None:
         for url in ("postgresql://u:s3cr3t@h/db", "nosuch+x://u:s3cr3t@h/db"):
-            with pytest.raises(ValueError) as exc:
+            with pytest.raises(ValueError, match="database_url") as exc:
                 DatabaseSession(url)
             assert "s3cr3t" not in str(exc.value)
         db = DatabaseSession("postgresql+asyncpg://u:s3cr3t@h/db", pool_size=3)
