@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -142,8 +143,15 @@ class DatabaseSession:
             raise ValueError(f"pool_size must be >= 1, got {pool_size!r}")
         if isinstance(max_overflow, bool) or not isinstance(max_overflow, int) or max_overflow < 0:
             raise ValueError(f"max_overflow must be >= 0, got {max_overflow!r}")
-        if not isinstance(connect_timeout_s, int | float) or connect_timeout_s <= 0:
-            raise ValueError(f"connect_timeout_s must be > 0, got {connect_timeout_s!r}")
+        if (
+            isinstance(connect_timeout_s, bool)
+            or not isinstance(connect_timeout_s, int | float)
+            or not math.isfinite(connect_timeout_s)
+            or connect_timeout_s <= 0
+        ):
+            raise ValueError(
+                f"connect_timeout_s must be a finite number > 0, got {connect_timeout_s!r}"
+            )
         self._url = url
         self._masked = url.render_as_string(hide_password=True)
         self._last_error: BaseException | None = None

@@ -78,7 +78,9 @@ class DatabaseSettings(_Section):
     max_overflow: int = Field(10, ge=0, description="Extra connections allowed under load.")
     pool_pre_ping: bool = Field(True, description="Test a connection before handing it out.")
     pool_recycle_s: int = Field(1800, ge=-1, description="Recycle connections after N seconds.")
-    connect_timeout_s: float = Field(5.0, gt=0, description="Connect timeout in seconds.")
+    connect_timeout_s: float = Field(
+        5.0, gt=0, allow_inf_nan=False, description="Connect timeout in seconds."
+    )
     echo: bool = Field(False, description="Log every SQL statement (development only).")
     auto_migrate: bool = Field(
         False, description="Apply the kit's migrations at start-up (else: infrakit db upgrade)."
@@ -101,7 +103,9 @@ class TokensSettings(_Section):
     cluster: bool = Field(False, description="Connect to a Redis Cluster.")
     key_prefix: str = Field("infrakit:tok:", min_length=1, description="Prefix of every key.")
     max_entries: int = Field(100_000, ge=1, description="Capacity of the memory backend.")
-    socket_timeout_s: float = Field(0.5, gt=0, description="Redis socket timeout in seconds.")
+    socket_timeout_s: float = Field(
+        0.5, gt=0, allow_inf_nan=False, description="Redis socket timeout in seconds."
+    )
     on_backend_error: Literal["fail_closed", "fail_open"] = Field(
         "fail_closed",
         description="fail_closed raises when the backend is down; fail_open answers permissively.",
@@ -147,9 +151,13 @@ class TelemetrySettings(_Section):
     headers: dict[str, SecretStr] = Field(
         default_factory=dict, description="Headers sent to the collector (values are secret)."
     )
-    timeout_s: float = Field(10.0, gt=0, description="Export timeout in seconds.")
+    timeout_s: float = Field(
+        10.0, gt=0, allow_inf_nan=False, description="Export timeout in seconds."
+    )
     compression: Literal["none", "gzip"] = Field("none", description="OTLP compression.")
-    sample_ratio: float = Field(1.0, ge=0.0, le=1.0, description="Share of traces sampled.")
+    sample_ratio: float = Field(
+        1.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Share of traces sampled."
+    )
     excluded_paths: list[str] = Field(
         default_factory=lambda: ["/health*", "/metrics"],
         description="Path globs (whole-path) the middleware does not trace.",

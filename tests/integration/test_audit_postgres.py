@@ -1,0 +1,178 @@
+"""The audit log and database sessions on a real PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import multiprocessing
+from collections.abc import AsyncIterator
+
+import pytest
+import sqlalchemy as sa
+
+from infrakit.audit import AuditFilter, SqlAuditLogger
+from infrakit.audit.sql import AUDIT_TABLE, metadata
+from infrakit.database import DatabaseSession, upgrade
+from infrakit.database.migrate import HEAD, VERSION_TABLE
+from infrakit.errors import DatabaseError
+from infrakit.testing.contracts import AuditLoggerContract, MakeLogger, entry
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+async def pg(pg_url: str) -> AsyncIterator[DatabaseSession]:
+    db = DatabaseSession(pg_url, pool_size=4)
+    await upgrade(db)
+    async with db.engine.begin() as conn:
+        await conn.execute(sa.text(f"TRUNCATE {AUDIT_TABLE} RESTART IDENTITY"))
+    yield db
+    await db.close()
+
+
+class TestSqlAuditLoggerOnPostgres(AuditLoggerContract):
+    """SqlAuditLogger on PostgreSQL keeps the contract."""
+
+    @pytest.fixture
+    def make_logger(self, pg: DatabaseSession) -> MakeLogger:
+        async def make() -> SqlAuditLogger:
+            logger = SqlAuditLogger(pg)
+            await logger.initialize()
+            return logger
+
+        return make
+
+
+class TestPostgresSpecifics:
+    """Own transactions, tamper evidence and migrations on PostgreSQL."""
+
+    async def test_survives_a_request_that_wrote_and_failed(self, pg: DatabaseSession) -> None:
+        audit = SqlAuditLogger(pg)
+        async with pg.session() as s:
+            await s.execute(sa.text("CREATE TABLE IF NOT EXISTS orders (id int)"))
+            await s.execute(sa.text("TRUNCATE orders"))
+        with pytest.raises(RuntimeError, match="payment declined"):
+            async with pg.session() as s:
+                await s.execute(sa.text("INSERT INTO orders VALUES (1)"))
+                await audit.log_action("order.create", "order", result="failure")
+                raise RuntimeError("payment declined")
+        async with pg.session() as s:
+            assert (await s.execute(sa.text("SELECT count(*) FROM orders"))).scalar() == 0
+        assert await audit.count(AuditFilter(result="failure")) == 1
+
+    async def test_edit_and_delete_are_found(self, pg: DatabaseSession) -> None:
+        audit = SqlAuditLogger(pg)
+        stored = [await audit.log_action("a", "b", details={"n": n}) for n in range(5)]
+        async with pg.engine.begin() as conn:
+            await conn.execute(
+                sa.text(f"UPDATE {AUDIT_TABLE} SET details = '{{\"n\": 99}}' WHERE id = :id"),
+                {"id": stored[1].id},
+            )
+        assert (await audit.verify()).first_bad_id == stored[1].id
+        async with pg.engine.begin() as conn:
+            await conn.execute(
+                sa.text(f"DELETE FROM {AUDIT_TABLE} WHERE id = :id"), {"id": stored[1].id}
+            )
+        result = await audit.verify()
+        assert not result.ok
+        assert result.first_bad_id == stored[2].id
+
+    async def test_timestamps_are_utc_and_exact(self, pg: DatabaseSession) -> None:
+        audit = SqlAuditLogger(pg)
+        written = await audit.log_action("t", "x")
+        (read,) = await audit.query(AuditFilter(action="t"))
+        assert read == written
+
+    async def test_migrations_match_the_code_and_are_idempotent(self, fresh_pg_url: str) -> None:
+        from alembic.autogenerate import compare_metadata
+        from alembic.migration import MigrationContext
+
+        db = DatabaseSession(fresh_pg_url)
+        try:
+            assert await upgrade(db) == HEAD
+            assert await upgrade(db) == HEAD
+
+            def diff(conn: sa.Connection) -> list[object]:
+                context = MigrationContext.configure(conn, opts={"version_table": VERSION_TABLE})
+                return list(compare_metadata(context, metadata))
+
+            async with db.engine.connect() as conn:
+                assert await conn.run_sync(diff) == []
+        finally:
+            await db.close()
+
+    async def test_concurrent_upgrades(self, fresh_pg_url: str) -> None:
+        dbs = [DatabaseSession(fresh_pg_url) for _ in range(4)]
+        try:
+            assert await asyncio.gather(*(upgrade(db) for db in dbs)) == [HEAD] * 4
+        finally:
+            for db in dbs:
+                await db.close()
+
+    async def test_filter_query_uses_an_index(self, pg: DatabaseSession) -> None:
+        audit = SqlAuditLogger(pg)
+        await audit.log_many([entry(n) for n in range(200)])
+        async with pg.engine.begin() as conn:
+            await conn.execute(sa.text(f"ANALYZE {AUDIT_TABLE}"))
+            await conn.execute(sa.text("SET LOCAL enable_seqscan = off"))
+            plan = "\n".join(
+                (
+                    await conn.execute(
+                        sa.text(
+                            f"EXPLAIN SELECT * FROM {AUDIT_TABLE} WHERE user_id = 'user-1' "
+                            "AND timestamp >= now() - interval '1 year' "
+                            "ORDER BY timestamp DESC, id DESC LIMIT 100"
+                        )
+                    )
+                ).scalars()
+            )
+        assert "ix_infrakit_audit_log_user_id_timestamp" in plan
+
+
+def _writer(url: str, worker: int, count: int) -> None:
+    async def run() -> None:
+        db = DatabaseSession(url, pool_size=2)
+        audit = SqlAuditLogger(db)
+        for i in range(count):
+            await audit.log_action("write", "doc", user_id=f"w{worker}", details={"i": i})
+        await db.close()
+
+    asyncio.run(run())
+
+
+class TestManyProcessesOneChain:
+    """8 processes x 500 log_action calls -> 4000 rows in one valid chain."""
+
+    async def test_eight_processes(self, pg: DatabaseSession, pg_url: str) -> None:
+        context = multiprocessing.get_context("spawn")
+        processes = [context.Process(target=_writer, args=(pg_url, w, 500)) for w in range(8)]
+        for p in processes:
+            p.start()
+        for p in processes:
+            await asyncio.to_thread(p.join, 300)
+        assert [p.exitcode for p in processes] == [0] * 8
+        audit = SqlAuditLogger(pg)
+        assert await audit.count() == 4000
+        for w in range(8):
+            assert await audit.count(AuditFilter(user_id=f"w{w}")) == 500
+        result = await audit.verify()
+        assert result.ok, result
+        assert result.checked == 4000
+
+
+class TestDatabaseFailures:
+    """A database that is down is an error, never silence."""
+
+    async def test_commit_on_a_dead_connection_is_a_database_error(
+        self, pg: DatabaseSession
+    ) -> None:
+        with pytest.raises((DatabaseError, sa.exc.DBAPIError)):
+            async with pg.session() as s:
+                pid = (await s.execute(sa.text("SELECT pg_backend_pid()"))).scalar()
+                killer = DatabaseSession(str(pg.engine.url.render_as_string(hide_password=False)))
+                async with killer.engine.connect() as conn:
+                    await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+                await killer.close()
+                await s.execute(sa.text("SELECT 1"))
+        # the pool recovers: the next session works (pre-ping drops the dead connection)
+        async with pg.session() as s:
+            assert (await s.execute(sa.text("SELECT 1"))).scalar() == 1
