@@ -9,7 +9,7 @@ import sys
 import uuid
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, fields, replace
+from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
@@ -52,9 +52,12 @@ def _freeze(value: Any, path: str) -> Any:
 
 
 def _thaw(value: Any) -> Any:
-    if isinstance(value, Mapping):
+    # Only _freeze's output comes here, so exact type checks suffice (and are
+    # much cheaper than an ABC isinstance on this per-entry path).
+    kind = type(value)
+    if kind is MappingProxyType:
         return {key: _thaw(item) for key, item in value.items()}
-    if isinstance(value, tuple):
+    if kind is tuple:
         return [_thaw(item) for item in value]
     return value
 
@@ -114,18 +117,27 @@ class AuditEntry:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; ``from_dict`` turns it back into an equal entry."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "timestamp":
-                value = value.isoformat(timespec="microseconds")
-            elif f.name == "details":
-                value = _thaw(value)
-            out[f.name] = value
-        return out
+        # Spelled out rather than looped over fields(): this runs for every
+        # entry written and hashed.
+        return {
+            "id": self.id,
+            "timestamp": self.timestamp.isoformat(timespec="microseconds"),
+            "action": self.action,
+            "resource_type": self.resource_type,
+            "result": self.result,
+            "resource_id": self.resource_id,
+            "user_id": self.user_id,
+            "details": _thaw(self.details),
+            "ip_address": self.ip_address,
+            "user_agent": self.user_agent,
+            "request_id": self.request_id,
+            "trace_id": self.trace_id,
+            "prev_hash": self.prev_hash,
+            "hash": self.hash,
+        }
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+        return encode_compact(self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AuditEntry:
@@ -177,15 +189,47 @@ class AuditEntry:
         return cls.from_dict(data)
 
     def with_chain(self, prev_hash: str | None, hash_: str | None) -> AuditEntry:
-        return replace(self, prev_hash=prev_hash, hash=hash_)
+        """A copy with the chain hashes set (the rest is already validated)."""
+        if not all(h is None or isinstance(h, str) for h in (prev_hash, hash_)):
+            raise ValueError("chain hashes must be strings or None")
+        # Slot descriptors write past the frozen __setattr__ without re-running
+        # validation; every field of self is already valid.
+        copy = object.__new__(AuditEntry)
+        for slot in _SLOTS:
+            slot.__set__(copy, slot.__get__(self, AuditEntry))
+        _SLOT_PREV.__set__(copy, prev_hash)
+        _SLOT_HASH.__set__(copy, hash_)
+        return copy
+
+
+_FIELD_NAMES = tuple(f.name for f in fields(AuditEntry))
+_SLOTS = tuple(AuditEntry.__dict__[name] for name in _FIELD_NAMES if name not in _HASHES)
+_SLOT_PREV = AuditEntry.__dict__["prev_hash"]
+_SLOT_HASH = AuditEntry.__dict__["hash"]
+
+
+# Encoders built once: json.dumps() with options builds a new encoder per call.
+_encode_canonical = json.JSONEncoder(
+    ensure_ascii=False, sort_keys=True, separators=(",", ":"), allow_nan=False
+).encode
+encode_compact = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), allow_nan=False).encode
+
+
+def _canonical(data: Mapping[str, Any]) -> bytes:
+    payload = {key: value for key, value in data.items() if key not in _HASHES}
+    return _encode_canonical(payload).encode()
 
 
 def canonical_json(entry: AuditEntry) -> bytes:
     """The bytes a chain hash covers: every field but the hashes, sorted, compact."""
-    data = entry.to_dict()
-    for name in _HASHES:
-        data.pop(name)
-    return json.dumps(data, ensure_ascii=False, sort_keys=True, separators=(",", ":")).encode()
+    return _canonical(entry.to_dict())
+
+
+def hash_of_content(prev_hash: str | None, content: Mapping[str, Any]) -> str:
+    """The chain hash of ``to_dict()`` data from which the two hash keys were removed."""
+    digest = hashlib.sha256((prev_hash or "").encode("ascii"))
+    digest.update(_encode_canonical(content).encode())
+    return digest.hexdigest()
 
 
 def chain_hash(prev_hash: str | None, entry: AuditEntry) -> str:

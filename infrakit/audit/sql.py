@@ -11,7 +11,8 @@ writers in many processes still form one valid chain.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +26,8 @@ from infrakit.audit.base import (
     AuditLogger,
     ChainChecker,
     VerifyResult,
-    chain_hash,
+    encode_compact,
+    hash_of_content,
 )
 from infrakit.database.session import SQLITE_BEGIN_IMMEDIATE, DatabaseSession
 from infrakit.errors import AuditError
@@ -75,12 +77,16 @@ audit_log = sa.Table(
 
 _c = audit_log.c
 _ENTRY_COLUMNS = [c for c in audit_log.columns if c.name != "seq"]
+_COLUMN_NAMES = tuple(c.name for c in _ENTRY_COLUMNS)
+_as_record = operator.itemgetter(*_COLUMN_NAMES)
+_COPY_THRESHOLD = 64
 
 
-def _row(entry: AuditEntry) -> dict[str, Any]:
-    data = entry.to_dict()
+def _row(entry: AuditEntry, data: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The table row of ``entry``; ``data`` is its ``to_dict()`` when already made."""
+    data = entry.to_dict() if data is None else data
     data["timestamp"] = entry.timestamp
-    data["details"] = json.dumps(data["details"], ensure_ascii=False, separators=(",", ":"))
+    data["details"] = encode_compact(data["details"])
     return data
 
 
@@ -155,32 +161,64 @@ class SqlAuditLogger(AuditLogger):
                 raise ValueError(f"expected AuditEntry items, got {type(entry).__name__}")
         if not batch:
             return []
+        stored: list[AuditEntry] = []
         try:
             async with self._db.engine.connect() as plain:
                 # SQLite: take the writer lock at BEGIN, before the last hash is read.
                 options = {SQLITE_BEGIN_IMMEDIATE: True} if self._db.is_sqlite else {}
                 conn = await plain.execution_options(**options)
                 async with conn.begin():
-                    stored = await self._chain(conn, batch) if self.hash_chain else batch
-                    await conn.execute(sa.insert(audit_log), [_row(e) for e in stored])
+                    head = await self._chain_head(conn) if self.hash_chain else None
+                    await self._insert(conn, self._rows(batch, head, stored), len(batch))
         except (exc.SQLAlchemyError, OSError) as error:
             raise self._fail(
                 f"writing {len(batch)} audit entr{'y' if len(batch) == 1 else 'ies'}", error
             ) from error
         return stored
 
-    async def _chain(self, conn: AsyncConnection, batch: Sequence[AuditEntry]) -> list[AuditEntry]:
+    async def _chain_head(self, conn: AsyncConnection) -> str | None:
+        """Take the writers' lock, then read the hash the next entry links to."""
         if self._db.is_postgresql:
             await conn.execute(
                 sa.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _PG_CHAIN_LOCK}
             )
-        prev = (await conn.execute(sa.select(_c.hash).order_by(_c.seq.desc()).limit(1))).scalar()
-        stored = []
+        head: str | None = (
+            await conn.execute(sa.select(_c.hash).order_by(_c.seq.desc()).limit(1))
+        ).scalar()
+        return head
+
+    def _rows(
+        self, batch: Sequence[AuditEntry], prev: str | None, stored: list[AuditEntry]
+    ) -> Iterator[dict[str, Any]]:
+        """Table rows, chained from ``prev``; each stored entry is appended to ``stored``.
+
+        A generator, so a COPY can send rows while the next ones are hashed.
+        """
+        chain = self.hash_chain
         for entry in batch:
-            linked = entry.with_chain(prev, chain_hash(prev, entry))
-            stored.append(linked)
-            prev = linked.hash
-        return stored
+            data = entry.to_dict()  # made once: hashed, then stored
+            del data["prev_hash"], data["hash"]
+            digest = hash_of_content(prev, data) if chain else None
+            link = prev if chain else None
+            data["prev_hash"], data["hash"] = link, digest
+            stored.append(entry.with_chain(link, digest))
+            yield _row(entry, data)
+            prev = digest
+
+    async def _insert(
+        self, conn: AsyncConnection, rows: Iterator[dict[str, Any]], count: int
+    ) -> None:
+        if count >= _COPY_THRESHOLD and self._db.engine.url.drivername == "postgresql+asyncpg":
+            # Large batches go through COPY (about twice as fast as an
+            # executemany of INSERTs here), inside the same transaction.
+            raw = await conn.get_raw_connection()
+            driver = raw.driver_connection
+            assert driver is not None
+            await driver.copy_records_to_table(
+                AUDIT_TABLE, records=map(_as_record, rows), columns=list(_COLUMN_NAMES)
+            )
+            return
+        await conn.execute(sa.insert(audit_log), list(rows))
 
     # --- reading ------------------------------------------------------------------
 

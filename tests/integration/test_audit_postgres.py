@@ -76,6 +76,19 @@ class TestPostgresSpecifics:
         assert not result.ok
         assert result.first_bad_id == stored[2].id
 
+    async def test_large_batches_go_through_copy_and_chain(self, pg: DatabaseSession) -> None:
+        audit = SqlAuditLogger(pg)
+        await audit.log_action("first", "x")
+        stored = await audit.log_many([entry(n) for n in range(500)])  # COPY path
+        await audit.log_action("last", "x")
+        assert await audit.count() == 502
+        assert stored[0].prev_hash is not None
+        assert all(b.prev_hash == a.hash for a, b in zip(stored, stored[1:], strict=False))
+        result = await audit.verify()
+        assert (result.ok, result.checked) == (True, 502)
+        back = {e.id: e for e in await audit.query(AuditFilter(limit=1000))}
+        assert all(back[e.id] == e for e in stored)
+
     async def test_timestamps_are_utc_and_exact(self, pg: DatabaseSession) -> None:
         audit = SqlAuditLogger(pg)
         written = await audit.log_action("t", "x")
