@@ -141,7 +141,8 @@ async def bench_query(db: DatabaseSession, rows: int = 1_000_000) -> bool:
         times.append((time.perf_counter() - start) * 1000)
     p50 = statistics.median(times)
     print(
-        f"query() user_id + 90-day range on {rows} rows: p50 {p50:.2f} ms over 200 users ({found} rows)"
+        f"query() user_id + 90-day range on {rows} rows: "
+        f"p50 {p50:.2f} ms over 200 users ({found} rows)"
     )
     indexed = "ix_infrakit_audit_log_user_id_timestamp" in plan_text
     print(f"uses index ix_infrakit_audit_log_user_id_timestamp: {indexed}")

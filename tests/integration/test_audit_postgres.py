@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import multiprocessing
 from collections.abc import AsyncIterator
 
@@ -83,7 +84,7 @@ class TestPostgresSpecifics:
         await audit.log_action("last", "x")
         assert await audit.count() == 502
         assert stored[0].prev_hash is not None
-        assert all(b.prev_hash == a.hash for a, b in zip(stored, stored[1:], strict=False))
+        assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(stored))
         result = await audit.verify()
         assert (result.ok, result.checked) == (True, 502)
         back = {e.id: e for e in await audit.query(AuditFilter(limit=1000))}
