@@ -178,3 +178,23 @@ class TestInMemoryConcurrency:
     def test_bad_max_entries(self) -> None:
         with pytest.raises(ValueError, match="max_entries"):
             InMemoryAuditLogger(0)
+
+
+class TestContext:
+    """log_action takes request and trace ids from the current context."""
+
+    async def test_trace_id_from_the_active_span(self) -> None:
+        from opentelemetry.sdk.trace import TracerProvider
+
+        from infrakit.logging import request_context
+
+        logger = InMemoryAuditLogger()
+        tracer = TracerProvider().get_tracer("t")
+        with request_context("r-9"), tracer.start_as_current_span("op") as span:
+            entry = await logger.log_action("a", "b")
+        assert entry.trace_id == format(span.get_span_context().trace_id, "032x")
+        assert entry.request_id == "r-9"
+        outside = await logger.log_action("a", "b")
+        assert (outside.trace_id, outside.request_id) == (None, None)
+        explicit = await logger.log_action("a", "b", request_id="mine")
+        assert explicit.request_id == "mine"
