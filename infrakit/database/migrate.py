@@ -13,6 +13,7 @@ import asyncio
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import structlog
 from sqlalchemy import exc, text
 
 from infrakit.errors import DatabaseError
@@ -30,6 +31,7 @@ HEAD = "0001_audit_log"
 SCRIPT_LOCATION = Path(__file__).resolve().parent / "migrations"
 # Any fixed 64-bit number: the advisory lock that serialises concurrent upgrades.
 _PG_MIGRATION_LOCK = 0x1F2A_0001
+_log = structlog.get_logger("infrakit.database")
 
 
 def _config(connection: Connection) -> Any:
@@ -73,10 +75,12 @@ async def upgrade(target: DatabaseSession | InfraSettings, revision: str = "head
     database, owned = _session_for(target)
     database.prepare_storage()
     try:
+        async with database.engine.connect() as conn:
+            before = await conn.run_sync(_current)
         async with database.engine.begin() as conn:
             await conn.run_sync(_upgrade, revision)
         async with database.engine.connect() as conn:
-            return await conn.run_sync(_current)
+            after: str | None = await conn.run_sync(_current)
     except (exc.SQLAlchemyError, OSError) as error:
         raise DatabaseError(
             f"migrating {database.url} failed: {type(error).__name__}: {str(error).splitlines()[0]}"
@@ -84,6 +88,9 @@ async def upgrade(target: DatabaseSession | InfraSettings, revision: str = "head
     finally:
         if owned:
             await database.close()
+    if after != before:
+        _log.info("infrakit.migrated", database=database.url, before=before, after=after)
+    return after
 
 
 async def current_revision(database: DatabaseSession) -> str | None:

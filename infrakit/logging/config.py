@@ -23,7 +23,7 @@ LOG_FORMATS = ("json", "console")
 #: stdlib loggers that install handlers of their own; we send them through ours.
 DEFAULT_CAPTURED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 #: Loggers that narrate every operation at DEBUG; held at WARNING unless asked.
-DEFAULT_QUIET_LOGGERS = ("aiosqlite",)
+DEFAULT_QUIET_LOGGERS = ("aiosqlite", "alembic.runtime.migration")
 
 _lock = threading.Lock()
 _configured = False
