@@ -223,6 +223,22 @@ _BUILTINS: tuple[BackendSpec, ...] = (
         origin=Origin.BUILTIN,
     ),
     BackendSpec(
+        "tokens",
+        "memory",
+        "infrakit.tokens.memory:build",
+        description="bounded in-process token store",
+        origin=Origin.BUILTIN,
+    ),
+    BackendSpec(
+        "tokens",
+        "redis",
+        "infrakit.tokens.redis_store:build",
+        extra="redis",
+        modules=("redis",),
+        description="Redis (standalone, Sentinel or Cluster) token store",
+        origin=Origin.BUILTIN,
+    ),
+    BackendSpec(
         "audit",
         "memory",
         "infrakit.audit.memory:build",

@@ -9,7 +9,6 @@ import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -24,6 +23,7 @@ from sqlalchemy.ext.asyncio import (
 
 from infrakit._secrets import mask_url
 from infrakit.errors import DatabaseError
+from infrakit.health import HealthResult
 
 if TYPE_CHECKING:
     from infrakit.settings.models import InfraSettings
@@ -47,15 +47,6 @@ _SYNC_HINTS = {
 
 #: Execution option asking for ``BEGIN IMMEDIATE`` on SQLite (writer lock up front).
 SQLITE_BEGIN_IMMEDIATE = "infrakit_sqlite_begin_immediate"
-
-
-@dataclass(frozen=True, slots=True)
-class HealthResult:
-    """The outcome of one health check: a round trip to the backend."""
-
-    ok: bool
-    latency_ms: float
-    error: str | None = None
 
 
 def _validated_url(database_url: object) -> URL:

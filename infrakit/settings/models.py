@@ -103,6 +103,12 @@ class TokensSettings(_Section):
     cluster: bool = Field(False, description="Connect to a Redis Cluster.")
     key_prefix: str = Field("infrakit:tok:", min_length=1, description="Prefix of every key.")
     max_entries: int = Field(100_000, ge=1, description="Capacity of the memory backend.")
+    max_lifetime_s: int = Field(
+        30 * 24 * 3600,
+        ge=1,
+        description="Longest token lifetime accepted; revocations of unknown tokens "
+        "and per-user cutoffs are kept this long.",
+    )
     socket_timeout_s: float = Field(
         0.5, gt=0, allow_inf_nan=False, description="Redis socket timeout in seconds."
     )

@@ -23,8 +23,9 @@ import pytest
 
 from infrakit.audit.base import AuditEntry, AuditFilter, AuditLogger
 from infrakit.logging.context import request_context
+from infrakit.tokens.base import TokenStore
 
-__all__ = ["AuditLoggerContract"]
+__all__ = ["AuditLoggerContract", "TokenStoreContract"]
 
 MakeLogger = Callable[[], Awaitable[AuditLogger]]
 
@@ -143,3 +144,189 @@ class AuditLoggerContract:
             await logger.log_action("", "b")
         with pytest.raises(ValueError, match="AuditEntry"):
             await logger.log("not an entry")  # type: ignore[arg-type]
+
+
+MakeStore = Callable[[], Awaitable["TokenStore"]]
+
+
+def soon(seconds: float = 300) -> datetime:
+    return datetime.now(UTC) + timedelta(seconds=seconds)
+
+
+@pytest.mark.asyncio
+class TokenStoreContract:
+    """What every :class:`~infrakit.tokens.TokenStore` backend must do.
+
+    Provide ``make_store``: an async factory returning a fresh, empty store
+    (its own key prefix for shared backends), accepting tokens of up to one
+    day.
+    """
+
+    @pytest.fixture
+    async def store(self, make_store: MakeStore) -> AsyncIterator[TokenStore]:
+        instance = await make_store()
+        try:
+            yield instance
+        finally:
+            await instance.close()
+
+    async def test_is_a_token_store(self, store: TokenStore) -> None:
+        assert isinstance(store, TokenStore)
+
+    async def test_store_get_round_trip(self, store: TokenStore) -> None:
+        expires = soon()
+        before = datetime.now(UTC)
+        await store.store("j1", "alice", expires)
+        token = await store.get("j1")
+        assert token is not None
+        assert (token.jti, token.user_id, token.revoked) == ("j1", "alice", False)
+        assert token.expires_at == expires
+        assert before <= token.created_at <= datetime.now(UTC)
+        assert await store.is_valid("j1")
+        assert not await store.is_revoked("j1")
+        assert await store.count() == 1
+
+    @pytest.mark.parametrize(
+        ("jti", "user_id", "expires", "message"),
+        [
+            ("", "u", "future", "jti cannot be empty"),
+            ("   ", "u", "future", "jti cannot be empty"),
+            ("j", "", "future", "user_id cannot be empty"),
+            ("j", " \t", "future", "user_id cannot be empty"),
+            ("j", "u", "past", "expires_at must be in the future"),
+            ("j", "u", "naive", "timezone-aware"),
+            ("j", "u", "too_far", "max_lifetime_s"),
+        ],
+    )
+    async def test_store_validation(
+        self, store: TokenStore, jti: str, user_id: str, expires: str, message: str
+    ) -> None:
+        when = {
+            "future": soon(),
+            "past": datetime.now(UTC) - timedelta(seconds=1),
+            "naive": datetime.now() + timedelta(hours=1),
+            "too_far": datetime.now(UTC) + timedelta(days=3650),
+        }[expires]
+        with pytest.raises(ValueError, match=message):
+            await store.store(jti, user_id, when)
+        assert await store.count() == 0
+
+    async def test_revoke(self, store: TokenStore) -> None:
+        await store.store("j1", "alice", soon())
+        assert await store.revoke("j1") is True
+        assert await store.revoke("j1") is False  # idempotent
+        assert not await store.is_valid("j1")
+        assert await store.is_revoked("j1")
+        token = await store.get("j1")
+        assert token is not None
+        assert token.revoked
+
+    async def test_unknown_tokens_are_not_valid(self, store: TokenStore) -> None:
+        assert not await store.is_valid("never-stored")
+        assert not await store.is_revoked("never-stored")
+        assert await store.get("never-stored") is None
+
+    async def test_revoking_an_unknown_jti_blocks_it(self, store: TokenStore) -> None:
+        assert await store.revoke("ghost") is False
+        assert await store.revoke("ghost") is False
+        assert await store.is_revoked("ghost")
+        assert not await store.is_valid("ghost")
+        with pytest.raises(ValueError, match="revoked"):
+            await store.store("ghost", "alice", soon())
+        assert not await store.is_valid("ghost")
+
+    async def test_expired_tokens_are_gone(self, store: TokenStore) -> None:
+        await store.store("short", "alice", datetime.now(UTC) + timedelta(milliseconds=300))
+        assert await store.is_valid("short")
+        await asyncio.sleep(0.4)
+        assert not await store.is_valid("short")
+        assert await store.get("short") is None
+
+    async def test_revoke_all_for_user(self, store: TokenStore) -> None:
+        for n in range(5):
+            await store.store(f"a{n}", "alice", soon())
+        await store.store("b0", "bob", soon())
+        await store.revoke("a0")
+        assert await store.revoke_all_for_user("alice") == 4  # a0 was already revoked
+        assert await store.revoke_all_for_user("alice") == 0
+        assert not any([await store.is_valid(f"a{n}") for n in range(5)])
+        assert all([await store.is_revoked(f"a{n}") for n in range(5)])
+        assert await store.is_valid("b0")
+        assert await store.revoke_all_for_user("nobody") == 0
+        await asyncio.sleep(0.002)
+        await store.store("a-new", "alice", soon())  # logging in again afterwards works
+        assert await store.is_valid("a-new")
+
+    async def test_a_revoked_token_cannot_be_stored_again(self, store: TokenStore) -> None:
+        await store.store("j", "alice", soon())
+        await store.revoke("j")
+        with pytest.raises(ValueError, match="revoked"):
+            await store.store("j", "alice", soon())
+        assert not await store.is_valid("j")
+
+    async def test_lifetimes_only_grow(self, store: TokenStore) -> None:
+        long, short = soon(600), soon(60)
+        await store.store("j", "alice", long)
+        await store.store("j", "alice", short)
+        token = await store.get("j")
+        assert token is not None
+        assert token.expires_at == long
+
+    async def test_a_jti_belongs_to_one_user(self, store: TokenStore) -> None:
+        await store.store("j", "alice", soon())
+        with pytest.raises(ValueError, match="another user"):
+            await store.store("j", "mallory", soon())
+        token = await store.get("j")
+        assert token is not None
+        assert token.user_id == "alice"
+
+    async def test_ids_with_odd_characters(self, store: TokenStore) -> None:
+        for user in ("{user}", "a}b{c", "ünï cödé", "x%7By"):
+            await store.store(f"jti-{user}", user, soon())
+            assert await store.revoke_all_for_user(user) == 1
+            assert not await store.is_valid(f"jti-{user}")
+
+    async def test_concurrent_store_and_revoke_all(self, store: TokenStore) -> None:
+        """50 tasks store tokens for one user while another revokes all in a loop."""
+        stored: list[str] = []
+        born_revoked = 0  # stored while a revoke-all ran: revoked from the start
+        revoked_total = 0
+        stop = asyncio.Event()
+
+        async def writer(task: int) -> None:
+            nonlocal born_revoked
+            for i in range(10):
+                jti = f"c{task}-{i}"
+                token = await store.store(jti, "carol", soon())
+                stored.append(jti)
+                born_revoked += token.revoked
+                await asyncio.sleep(0)
+
+        async def revoker() -> None:
+            nonlocal revoked_total
+            while not stop.is_set():
+                revoked_total += await store.revoke_all_for_user("carol")
+                await asyncio.sleep(0)
+
+        task = asyncio.create_task(revoker())
+        await asyncio.gather(*(writer(t) for t in range(50)))
+        stop.set()
+        await task
+        revoked_total += await store.revoke_all_for_user("carol")  # the last one
+        # every token stored before the last revoke-all is revoked ...
+        assert len(stored) == 500
+        for jti in stored:
+            assert not await store.is_valid(jti), jti
+            assert await store.is_revoked(jti), jti
+        # ... and the counts add up: each was revoked exactly once
+        assert revoked_total + born_revoked == len(stored)
+        assert await store.count() == len(stored)
+
+    async def test_is_revoked_many(self, store: TokenStore) -> None:
+        many = getattr(store, "is_revoked_many", None)
+        if many is None:
+            pytest.skip("optional method is_revoked_many not provided by this backend")
+        await store.store("x", "u", soon())
+        await store.store("y", "u", soon())
+        await store.revoke("y")
+        assert await many(["x", "y", "z"]) == [False, True, False]

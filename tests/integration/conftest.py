@@ -10,8 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -88,3 +90,74 @@ def fresh_pg_url(pg_admin_url: str) -> Iterator[str]:
         yield f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture
+def redis_prefix(redis_available: None) -> Iterator[str]:
+    """A key prefix of this test's own; every key under it is deleted afterwards."""
+    prefix = f"infrakit:test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    asyncio.run(_delete_prefix(f"redis://{REDIS_HOST}:{REDIS_PORT}/0", prefix, cluster=False))
+
+
+async def _delete_prefix(url: str, prefix: str, *, cluster: bool) -> None:
+    import redis.asyncio as redis
+    from redis.asyncio.cluster import RedisCluster
+
+    client = RedisCluster.from_url(url) if cluster else redis.Redis.from_url(url)
+    try:
+        keys = [key async for key in client.scan_iter(match=f"{prefix}*", count=1000)]
+        for key in keys:
+            await client.delete(key)
+    finally:
+        await client.aclose()
+
+
+def _start_or_fail(factory: Any, what: str) -> Any:
+    try:
+        return factory().start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as error:
+        if services_required():
+            pytest.fail(f"cannot start {what}: {error}", pytrace=False)
+        pytest.skip(f"cannot start {what}: {error}")
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    from tests.integration.redisprocs import RedisCluster
+
+    cluster = _start_or_fail(RedisCluster, "a 3-master Redis Cluster")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+def cluster_prefix(redis_cluster: Any) -> Iterator[str]:
+    prefix = f"infrakit:test:{uuid.uuid4().hex[:12]}:"
+    yield prefix
+    asyncio.run(_delete_prefix(redis_cluster.url, prefix, cluster=True))
+
+
+@pytest.fixture
+def own_redis() -> Iterator[Any]:
+    """A redis-server of this test's own, which the test may kill."""
+    from tests.integration.redisprocs import RedisProcess
+
+    server = _start_or_fail(RedisProcess, "a test-owned redis-server")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_sentinel() -> Iterator[Any]:
+    from tests.integration.redisprocs import RedisSentinel
+
+    pair = _start_or_fail(RedisSentinel, "a Redis master with a Sentinel")
+    try:
+        yield pair
+    finally:
+        pair.stop()

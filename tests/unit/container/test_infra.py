@@ -162,7 +162,9 @@ class TestLifecycle:
         finally:
             registry.unregister_backend("tokens", "managed")
 
-    def test_unavailable_component_says_why(self) -> None:
+    def test_unavailable_component_says_why(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        # as if the kit's memory token store were absent from this install
+        monkeypatch.delitem(registry._table, ("tokens", "memory"))
         infra = Infra(load_settings("test", environ={}))
         with pytest.raises(InfrastructureError, match="tokens is not available"):
             _ = infra.tokens

@@ -1,0 +1,182 @@
+"""Token store value types, the ``TokenStore`` protocol and shared validation."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any, Protocol, runtime_checkable
+
+__all__ = [
+    "DEFAULT_MAX_LIFETIME_S",
+    "StoredToken",
+    "TokenStore",
+    "utc_now",
+    "validate_store",
+]
+
+#: The longest token lifetime a store accepts by default (30 days). It also
+#: bounds how long revocations of unknown tokens and per-user cutoffs are kept.
+DEFAULT_MAX_LIFETIME_S = 30 * 24 * 3600
+MAX_ID_LENGTH = 512
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _check_id(name: str, value: object) -> str:
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{name} cannot be empty, got {value!r}")
+    if len(value) > MAX_ID_LENGTH:
+        raise ValueError(f"{name} is longer than {MAX_ID_LENGTH} characters ({len(value)})")
+    return value
+
+
+def _aware(name: str, value: object) -> datetime:
+    if not isinstance(value, datetime):
+        raise ValueError(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC), got naive {value.isoformat()}")
+    return value.astimezone(UTC)
+
+
+def validate_store(
+    jti: object, user_id: object, expires_at: object, *, now: datetime, max_lifetime_s: float
+) -> datetime:
+    """The seed's checks for ``store()``; returns ``expires_at`` in UTC."""
+    _check_id("jti", jti)
+    _check_id("user_id", user_id)
+    expires = _aware("expires_at", expires_at)
+    if expires <= now:
+        raise ValueError(
+            f"expires_at must be in the future, got {expires.isoformat()} (now {now.isoformat()})"
+        )
+    if expires - now > timedelta(seconds=max_lifetime_s):
+        raise ValueError(
+            f"expires_at is more than max_lifetime_s={max_lifetime_s:g} s ahead "
+            f"({expires.isoformat()}); raise tokens.max_lifetime_s if tokens really live that long"
+        )
+    return expires
+
+
+@dataclass(frozen=True, slots=True)
+class StoredToken:
+    """What a token store knows of one token (JWT ``jti``)."""
+
+    jti: str
+    user_id: str
+    created_at: datetime
+    expires_at: datetime
+    revoked: bool = False
+
+    def __post_init__(self) -> None:
+        _check_id("jti", self.jti)
+        _check_id("user_id", self.user_id)
+        object.__setattr__(self, "created_at", _aware("created_at", self.created_at))
+        object.__setattr__(self, "expires_at", _aware("expires_at", self.expires_at))
+        if self.expires_at <= self.created_at:
+            raise ValueError(
+                f"expires_at ({self.expires_at.isoformat()}) must be after "
+                f"created_at ({self.created_at.isoformat()})"
+            )
+        if not isinstance(self.revoked, bool):
+            raise ValueError(f"revoked must be a bool, got {self.revoked!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "jti": self.jti,
+            "user_id": self.user_id,
+            "created_at": self.created_at.isoformat(timespec="microseconds"),
+            "expires_at": self.expires_at.isoformat(timespec="microseconds"),
+            "revoked": self.revoked,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), ensure_ascii=False, separators=(",", ":"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StoredToken:
+        if not isinstance(data, Mapping):
+            raise ValueError(f"StoredToken.from_dict expects a mapping, got {type(data).__name__}")
+        problems: list[str] = []
+        known = {"jti", "user_id", "created_at", "expires_at", "revoked"}
+        unknown = sorted(str(k) for k in data if k not in known)
+        if unknown:
+            problems.append(f"unknown field(s): {', '.join(unknown)}")
+        values: dict[str, Any] = {}
+        problems.extend(
+            f"{name}: missing"
+            for name in ("jti", "user_id", "created_at", "expires_at")
+            if data.get(name) is None
+        )
+        for name in ("created_at", "expires_at"):
+            raw = data.get(name)
+            if isinstance(raw, str):
+                try:
+                    values[name] = datetime.fromisoformat(raw)
+                except ValueError:
+                    problems.append(f"{name}: not an ISO 8601 date-time: {raw!r}")
+            elif raw is not None:
+                values[name] = raw
+        revoked = data.get("revoked", False)
+        if not isinstance(revoked, bool):
+            problems.append(f"revoked: expected true or false, got {revoked!r}")
+        if problems:
+            raise ValueError("invalid stored token: " + "; ".join(problems))
+        return cls(
+            jti=data["jti"],
+            user_id=data["user_id"],
+            created_at=values["created_at"],
+            expires_at=values["expires_at"],
+            revoked=revoked,
+        )
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> StoredToken:
+        try:
+            data = json.loads(text)
+        except (json.JSONDecodeError, UnicodeDecodeError) as error:
+            raise ValueError(f"invalid stored token JSON: {error}") from error
+        return cls.from_dict(data)
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Where JWT ids live between issue and expiry, and how they are revoked.
+
+    Applications check :meth:`is_valid` (an allowlist): an unknown, evicted,
+    expired or revoked ``jti`` is not valid.
+    """
+
+    async def store(self, jti: str, user_id: str, expires_at: datetime) -> StoredToken:
+        """Remember a newly issued token until ``expires_at``; returns it as stored."""
+
+    async def get(self, jti: str) -> StoredToken | None:
+        """The token, or None when unknown or expired."""
+
+    async def revoke(self, jti: str) -> bool:
+        """Revoke one token; True when a valid token became revoked."""
+
+    async def is_revoked(self, jti: str) -> bool:
+        """True for a known token that was revoked (directly or by its user's cutoff)."""
+
+    async def is_valid(self, jti: str) -> bool:
+        """True only for a known, unexpired, unrevoked token."""
+
+    async def revoke_all_for_user(self, user_id: str) -> int:
+        """Revoke every token of the user ("log out everywhere"); how many this call revoked."""
+
+    async def count(self) -> int:
+        """How many tokens are held (revoked ones included, expired ones not)."""
+
+    async def close(self) -> None:
+        """Release connections."""
+
+
+def as_list(jtis: Iterable[str]) -> list[str]:
+    items = list(jtis)
+    for jti in items:
+        _check_id("jti", jti)
+    return items

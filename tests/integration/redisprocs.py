@@ -1,0 +1,170 @@
+"""Redis servers owned by one test or test session, on free loopback ports.
+
+Started with the machine's ``redis-server`` (no persistence), stopped by
+PID: a plain server, a 3-master cluster, and a Sentinel watching a server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(*, cluster: bool = False) -> int:
+    """A free loopback port; for a cluster node also port + 10000 (its bus),
+    which must stay below 65536."""
+    if not cluster:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            return int(s.getsockname()[1])
+    for _ in range(200):
+        port = random.randint(20_000, 45_000)
+        if _bindable(port) and _bindable(port + 10_000):
+            return port
+    raise RuntimeError("no free port pair for a cluster node")
+
+
+def _wait(port: int, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise RuntimeError(f"redis-server on port {port} did not start")
+
+
+def redis_server_binary() -> str:
+    found = shutil.which("redis-server")
+    if found is None:
+        raise RuntimeError("redis-server is not installed")
+    return found
+
+
+class RedisProcess:
+    """One ``redis-server`` in the foreground of a child process."""
+
+    def __init__(
+        self, *args: str, port: int | None = None, config: str | None = None, cluster: bool = False
+    ) -> None:
+        self.port = port or free_port(cluster=cluster)
+        self.dir = Path(tempfile.mkdtemp(prefix="infrakit-redis-"))
+        self.args = list(args)
+        self.config = config
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> RedisProcess:
+        cmd = [redis_server_binary()]
+        if self.config is not None:
+            conf = self.dir / "redis.conf"
+            conf.write_text(self.config)
+            cmd.append(str(conf))
+        cmd += [
+            "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--dir", str(self.dir), *self.args,
+        ]  # fmt: skip
+        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        _wait(self.port)
+        return self
+
+    def kill(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGKILL)
+            self.process.wait(5)
+        self.process = None
+
+    def stop(self) -> None:
+        self.kill()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+
+class RedisCluster:
+    """Three masters, no replicas, joined with ``redis-cli --cluster create``."""
+
+    def __init__(self) -> None:
+        self.nodes = [
+            RedisProcess("--cluster-enabled", "yes", "--cluster-node-timeout", "2000", cluster=True)
+            for _ in range(3)
+        ]
+
+    def start(self) -> RedisCluster:
+        for node in self.nodes:
+            node.args += ["--cluster-config-file", str(node.dir / "nodes.conf")]
+            node.start()
+        cli = shutil.which("redis-cli")
+        if cli is None:
+            raise RuntimeError("redis-cli is not installed")
+        addresses = [f"127.0.0.1:{n.port}" for n in self.nodes]
+        subprocess.run(
+            [cli, "--cluster", "create", *addresses, "--cluster-yes"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        self._wait_ok(cli)
+        return self
+
+    def _wait_ok(self, cli: str) -> None:
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            out = subprocess.run(
+                [cli, "-p", str(self.nodes[0].port), "cluster", "info"],
+                capture_output=True, text=True, check=False,
+            ).stdout  # fmt: skip
+            if "cluster_state:ok" in out:
+                return
+            time.sleep(0.1)
+        raise RuntimeError("the test cluster did not reach cluster_state:ok")
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.nodes[0].port}/0"
+
+
+class RedisSentinel:
+    """A master and one Sentinel that watches it under the name ``infrakit``."""
+
+    def __init__(self) -> None:
+        self.master = RedisProcess()
+        self.sentinel: RedisProcess | None = None
+
+    def start(self) -> RedisSentinel:
+        self.master.start()
+        config = (
+            f"sentinel monitor infrakit 127.0.0.1 {self.master.port} 1\n"
+            "sentinel down-after-milliseconds infrakit 2000\n"
+        )
+        self.sentinel = RedisProcess("--sentinel", config=config).start()
+        return self
+
+    def stop(self) -> None:
+        if self.sentinel is not None:
+            self.sentinel.stop()
+        self.master.stop()
+
+    @property
+    def url(self) -> str:
+        assert self.sentinel is not None
+        return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/infrakit/0"
