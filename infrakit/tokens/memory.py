@@ -201,22 +201,28 @@ class InMemoryTokenStore:
             record.revoked = True
             return True
 
+    # The two checks below are the hot path. They take no lock: each reads
+    # one dict entry and one record's fields, every one of which is replaced
+    # whole by the writers, and they mutate nothing (purging is for writers).
+
     async def is_revoked(self, jti: str) -> bool:
         now = time.time()
-        with self._lock:
-            record = self._tokens.get(jti)
-            if record is None or record.expires <= now:
-                until = self._markers.get(jti)
-                return until is not None and until > now
-            return record.revoked or self._cut(record, now)
+        record = self._tokens.get(jti)
+        if record is None or record.expires <= now:
+            until = self._markers.get(jti)
+            return until is not None and until > now
+        if record.revoked:
+            return True
+        cutoff = self._cutoffs.get(record.user_id) if self._cutoffs else None
+        return cutoff is not None and cutoff[1] > now and record.created_at <= cutoff[0]
 
     async def is_valid(self, jti: str) -> bool:
         now = time.time()
-        with self._lock:
-            record = self._tokens.get(jti)
-            if record is None or record.expires <= now or record.revoked:
-                return False
-            return not self._cut(record, now)
+        record = self._tokens.get(jti)
+        if record is None or record.expires <= now or record.revoked:
+            return False
+        cutoff = self._cutoffs.get(record.user_id) if self._cutoffs else None
+        return cutoff is None or cutoff[1] <= now or record.created_at > cutoff[0]
 
     async def is_revoked_many(self, jtis: Iterable[str]) -> list[bool]:
         return [await self.is_revoked(jti) for jti in as_list(jtis)]
