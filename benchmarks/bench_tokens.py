@@ -115,7 +115,8 @@ async def bench_store_scaling() -> bool:
             start = now
     for count, seconds in sorted(marks.items()):
         print(
-            f"store(): {seconds * 1e6:6.2f} us/call over the {window:,} calls up to {count:,} stored"
+            f"store(): {seconds * 1e6:6.2f} us/call "
+            f"over the {window:,} calls up to {count:,} stored"
         )
     assert await store.count() == 100_000
     spread = max(marks.values()) / min(marks.values())
