@@ -161,3 +161,14 @@ def redis_sentinel() -> Iterator[Any]:
         yield pair
     finally:
         pair.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_tls() -> Iterator[Any]:
+    from tests.integration.redisprocs import RedisTLS
+
+    server = _start_or_fail(RedisTLS, "a TLS redis-server")
+    try:
+        yield server
+    finally:
+        server.stop()

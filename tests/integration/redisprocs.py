@@ -75,8 +75,9 @@ class RedisProcess:
             conf = self.dir / "redis.conf"
             conf.write_text(self.config)
             cmd.append(str(conf))
+        plain_port = "0" if "--tls-port" in self.args else str(self.port)
         cmd += [
-            "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+            "--port", plain_port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(self.dir), *self.args,
         ]  # fmt: skip
         self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -168,3 +169,72 @@ class RedisSentinel:
     def url(self) -> str:
         assert self.sentinel is not None
         return f"redis+sentinel://127.0.0.1:{self.sentinel.port}/infrakit/0"
+
+
+class RedisTLS:
+    """A TLS-only ``redis-server`` with a throw-away CA made by ``openssl``."""
+
+    def __init__(self) -> None:
+        self.server: RedisProcess | None = None
+        self.dir = Path(tempfile.mkdtemp(prefix="infrakit-redis-tls-"))
+
+    def _openssl(self, *args: str) -> None:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            raise RuntimeError("openssl is not installed")
+        subprocess.run([openssl, *args], check=True, capture_output=True, cwd=self.dir, timeout=60)
+
+    def start(self) -> RedisTLS:
+        self._openssl(
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=infrakit-test-ca",
+        )
+        self._openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-keyout",
+            "srv.key",
+            "-out",
+            "srv.csr",
+            "-subj",
+            "/CN=127.0.0.1",
+        )
+        (self.dir / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+        self._openssl("x509", "-req", "-in", "srv.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+                      "-CAcreateserial", "-out", "srv.crt", "-days", "2",
+                      "-extfile", "ext.cnf")  # fmt: skip
+        port = free_port()
+        server = RedisProcess(
+            "--tls-port", str(port),
+            "--tls-cert-file", str(self.dir / "srv.crt"),
+            "--tls-key-file", str(self.dir / "srv.key"),
+            "--tls-ca-cert-file", str(self.dir / "ca.crt"),
+            "--tls-auth-clients", "no",
+            port=0,
+        )  # fmt: skip
+        server.port = port  # plain port 0 (off); wait on the TLS port
+        self.server = server.start()
+        return self
+
+    def stop(self) -> None:
+        if self.server is not None:
+            self.server.stop()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+    @property
+    def url(self) -> str:
+        assert self.server is not None
+        return f"rediss://127.0.0.1:{self.server.port}/0?ssl_ca_certs={self.dir / 'ca.crt'}"
