@@ -215,6 +215,18 @@ def get_backend(component: str, name: str) -> BackendSpec | None:
 # The kit's own backends. Each component's issue adds its line here; the
 # target module is imported only when that backend is built.
 _BUILTINS: tuple[BackendSpec, ...] = (
+    *(
+        BackendSpec(
+            "telemetry",
+            exporter,
+            "infrakit.telemetry.provider:build",
+            extra="otlp" if exporter == "otlp" else None,
+            modules=("opentelemetry.exporter.otlp",) if exporter == "otlp" else (),
+            description=f"OpenTelemetry SDK, {exporter} exporter",
+            origin=Origin.BUILTIN,
+        )
+        for exporter in ("none", "console", "memory", "otlp")
+    ),
     BackendSpec(
         "database",
         "sqlalchemy",

@@ -12,13 +12,13 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import sqlalchemy.ext.asyncio as sa_asyncio
 from sqlalchemy import event, exc, make_url, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
     AsyncSession,
     async_sessionmaker,
-    create_async_engine,
 )
 
 from infrakit._secrets import mask_url
@@ -181,7 +181,9 @@ class DatabaseSession:
             kwargs["pool_timeout"] = self.connect_timeout_s
             if self.is_postgresql and url.drivername.endswith("asyncpg"):
                 kwargs["connect_args"] = {"timeout": self.connect_timeout_s}
-        self._engine: AsyncEngine = create_async_engine(url, **kwargs)
+        # Looked up at call time, so OpenTelemetry's SQLAlchemy instrumentation
+        # (telemetry.instrument.sqlalchemy) sees engines made after it started.
+        self._engine: AsyncEngine = sa_asyncio.create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _sqlite_transactions(self._engine)
         self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)

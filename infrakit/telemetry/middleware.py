@@ -1,0 +1,314 @@
+"""``TracingMiddleware``: a pure ASGI middleware for server spans and metrics."""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from typing import Any
+
+from opentelemetry import context as otel_context
+from opentelemetry import trace
+from opentelemetry.propagate import extract
+from opentelemetry.trace import SpanKind, Status, StatusCode
+
+from infrakit.logging.context import _request_id
+from infrakit.telemetry.provider import TelemetryProvider, get_telemetry
+
+__all__ = ["TracingMiddleware", "compile_excluded"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+_METHODS = frozenset(
+    {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
+)
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+# Seconds; the HTTP semantic conventions' advice for http.server.request.duration.
+_DURATION_BUCKETS = (
+    0.005,
+    0.01,
+    0.025,
+    0.05,
+    0.075,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+)
+
+
+def compile_excluded(patterns: Iterable[str]) -> Callable[[str], bool]:
+    """Whole-path glob matching: ``/health*`` matches ``/healthz``, not ``/v1/health``."""
+    patterns = list(patterns)
+    for pattern in patterns:
+        if not isinstance(pattern, str) or not pattern.startswith("/"):
+            raise ValueError(f"excluded path patterns must start with '/', got {pattern!r}")
+    if not patterns:
+        return lambda path: False
+    regex = re.compile("|".join(f"(?:{fnmatch.translate(p)})" for p in patterns))
+    return lambda path: regex.match(path) is not None
+
+
+class _Headers:
+    """A read-only ``get`` over ASGI's list of byte pairs, for the propagator."""
+
+    __slots__ = ("_raw",)
+
+    def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
+        self._raw = raw
+
+    def get(self, name: str) -> str | None:
+        wanted = name.encode("latin-1")
+        for key, value in self._raw:
+            if key.lower() == wanted:
+                return value.decode("latin-1")
+        return None
+
+
+class _Getter:
+    @staticmethod
+    def get(carrier: _Headers, key: str) -> list[str] | None:
+        value = carrier.get(key)
+        return None if value is None else [value]
+
+    @staticmethod
+    def keys(carrier: _Headers) -> list[str]:
+        return [key.decode("latin-1") for key, _ in carrier._raw]
+
+
+_getter = _Getter()
+
+
+class TracingMiddleware:
+    """Server spans named ``"{METHOD} {route template}"``, HTTP metrics, and a
+    request id for every request.
+
+    Pure ASGI (WebSocket and lifespan scopes pass through untouched).
+    Excluded paths get neither spans nor metrics. The span is ERROR for a
+    5xx answer, a status outside 100-599 or an unhandled exception (which is
+    recorded, sets ``error.type`` and answers 500); for 1xx-4xx and a client
+    that went away (``CancelledError``) it stays UNSET. The response carries
+    ``traceparent`` and ``x-request-id``; the request id (the caller's when
+    it is well-formed, else a new one) is in the logging context throughout.
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        telemetry: TelemetryProvider | None = None,
+        *,
+        excluded_paths: Iterable[str] = ("/health*", "/metrics"),
+    ) -> None:
+        self.app = app
+        self._telemetry = telemetry
+        self._excluded = compile_excluded(excluded_paths)
+        self._instruments: tuple[Any, Any, Any] | None = None
+
+    def _provider(self) -> TelemetryProvider | None:
+        provider = self._telemetry or get_telemetry()
+        return (
+            provider if provider is not None and provider.enabled and provider.initialized else None
+        )
+
+    def _metrics(self, provider: TelemetryProvider) -> tuple[Any, Any, Any]:
+        cached = self._instruments
+        if cached is None or cached[0] is not provider:
+            meter = provider.meter
+            duration = meter.create_histogram(
+                "http.server.request.duration",
+                unit="s",
+                description="Duration of HTTP server requests.",
+                explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
+            )
+            active = meter.create_up_down_counter(
+                "http.server.active_requests",
+                unit="{request}",
+                description="Number of active HTTP server requests.",
+            )
+            cached = self._instruments = (provider, duration, active)
+        return cached
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        raw_headers = scope.get("headers") or ()
+        headers = _Headers(raw_headers)
+        incoming = headers.get("x-request-id")
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        token = _request_id.set(request_id)
+        try:
+            path = scope.get("path", "")
+            provider = None if self._excluded(path) else self._provider()
+            if provider is None:
+                await self.app(scope, receive, _with_request_id(send, request_id))
+            else:
+                await self._traced(
+                    provider, scope, receive, send, headers=headers, request_id=request_id
+                )
+        finally:
+            _request_id.reset(token)
+
+    async def _traced(  # noqa: PLR0915 - one request's span and metrics, start to end
+        self,
+        provider: TelemetryProvider,
+        scope: Scope,
+        receive: Receive,
+        send: Send,
+        *,
+        headers: _Headers,
+        request_id: str,
+    ) -> None:
+        _, duration, active = self._metrics(provider)
+        raw_method = scope.get("method", "GET")
+        method = raw_method if raw_method in _METHODS else "_OTHER"
+        scheme = scope.get("scheme", "http")
+        root_path = scope.get("root_path", "")
+        attributes = _request_attributes(scope, headers, method, raw_method, request_id)
+        parent = extract(headers, getter=_getter)  # type: ignore[arg-type]
+        span_method = "HTTP" if method == "_OTHER" else method
+        span = provider.tracer.start_span(
+            span_method, context=parent, kind=SpanKind.SERVER, attributes=attributes
+        )
+        active_attrs = {"http.request.method": method, "url.scheme": scheme}
+        active.add(1, active_attrs)
+        status_code: int | None = None
+        started = time.perf_counter()
+        context_token = otel_context.attach(trace.set_span_in_context(span, parent))
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal status_code
+            if message["type"] == "http.response.start":
+                status_code = int(message["status"])
+                extra = [
+                    (b"x-request-id", request_id.encode("latin-1")),
+                    (b"traceparent", _traceparent(span).encode("latin-1")),
+                ]
+                message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        error: BaseException | None = None
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except BaseException as caught:
+            error = caught
+            if not _is_cancel(caught) and status_code is None:
+                status_code = 500
+                await _answer_500(send, request_id, span)
+            raise
+        finally:
+            otel_context.detach(context_token)
+            elapsed = time.perf_counter() - started
+            route = _route(scope, root_path)
+            metric_attrs: dict[str, Any] = {"http.request.method": method, "url.scheme": scheme}
+            if route is not None:
+                span.set_attribute("http.route", route)
+                metric_attrs["http.route"] = route
+                span.update_name(f"{span_method} {route}")
+            if status_code is not None:
+                span.set_attribute("http.response.status_code", status_code)
+                metric_attrs["http.response.status_code"] = status_code
+            if error is not None and not _is_cancel(error):
+                span.record_exception(error)
+                span.set_attribute("error.type", type(error).__qualname__)
+                metric_attrs["error.type"] = type(error).__qualname__
+                span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
+            elif status_code is not None and (status_code >= 500 or not 100 <= status_code <= 599):
+                span.set_attribute("error.type", str(status_code))
+                metric_attrs["error.type"] = str(status_code)
+                span.set_status(Status(StatusCode.ERROR))
+            span.end()
+            duration.record(elapsed, metric_attrs)
+            active.add(-1, active_attrs)
+
+
+def _request_attributes(
+    scope: Scope, headers: _Headers, method: str, raw_method: str, request_id: str
+) -> dict[str, Any]:
+    """The server span's HTTP semantic-convention attributes known at the start."""
+    attributes: dict[str, Any] = {
+        "http.request.method": method,
+        "url.path": scope.get("path", ""),
+        "url.scheme": scope.get("scheme", "http"),
+        "http.request.header.x_request_id": request_id,
+    }
+    if method == "_OTHER":
+        attributes["http.request.method_original"] = raw_method
+    server = scope.get("server")
+    if server:
+        attributes["server.address"], attributes["server.port"] = server[0], server[1]
+    client = scope.get("client")
+    if client:
+        attributes["client.address"] = client[0]
+    query = scope.get("query_string")
+    if query:
+        attributes["url.query"] = query.decode("latin-1")
+    http_version = scope.get("http_version")
+    if http_version:
+        attributes["network.protocol.version"] = http_version
+    user_agent = headers.get("user-agent")
+    if user_agent:
+        attributes["user_agent.original"] = user_agent
+    return attributes
+
+
+def _is_cancel(error: BaseException) -> bool:
+    import asyncio
+
+    return isinstance(error, asyncio.CancelledError)
+
+
+def _traceparent(span: trace.Span) -> str:
+    ctx = span.get_span_context()
+    return f"00-{ctx.trace_id:032x}-{ctx.span_id:016x}-{int(ctx.trace_flags):02x}"
+
+
+def _route(scope: Scope, root_path_before: str) -> str | None:
+    """The matched route's template (Starlette/FastAPI put the route in the scope)."""
+    route = scope.get("route")
+    template = getattr(route, "path", None) or getattr(route, "path_format", None)
+    if not isinstance(template, str):
+        return None
+    mount = scope.get("root_path", "")[len(root_path_before) :]
+    return f"{mount}{template}" if mount else template
+
+
+def _with_request_id(send: Send, request_id: str) -> Send:
+    async def send_wrapper(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            header = (b"x-request-id", request_id.encode("latin-1"))
+            message["headers"] = [*message.get("headers", ()), header]
+        await send(message)
+
+    return send_wrapper
+
+
+async def _answer_500(send: Send, request_id: str, span: trace.Span) -> None:
+    body = b"Internal Server Error"
+    try:
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 500,
+                "headers": [
+                    (b"content-type", b"text/plain; charset=utf-8"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"x-request-id", request_id.encode("latin-1")),
+                    (b"traceparent", _traceparent(span).encode("latin-1")),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body})
+    except Exception:  # noqa: BLE001, S110 - the client is gone; the error is re-raised anyway
+        pass
