@@ -11,6 +11,7 @@ import pytest
 from hypothesis import HealthCheck, settings
 
 from infrakit.logging import reset_logging
+from infrakit.telemetry import reset_telemetry
 
 # Properties run at least 100 examples each (the seed's testing strategy).
 settings.register_profile(
@@ -23,10 +24,13 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "infrakit"))
 
 
 @pytest.fixture(autouse=True)
-def _reset_logging() -> Iterator[None]:
+def _reset_globals() -> Iterator[None]:
+    """Logging and the default telemetry provider are process-wide: reset both."""
     reset_logging()
+    reset_telemetry()
     yield
     reset_logging()
+    reset_telemetry()
 
 
 @pytest.fixture(autouse=True)

@@ -478,7 +478,7 @@ class _State:
 _state = _State()
 
 
-class _InfraTelemetry(TelemetryProvider):
+class DefaultTelemetryProvider(TelemetryProvider):
     """The provider Infra builds: also the process default while it runs."""
 
     def initialize(self) -> None:
@@ -493,4 +493,4 @@ class _InfraTelemetry(TelemetryProvider):
 
 def build(settings: InfraSettings) -> TelemetryProvider:
     """Registry factory for every ``telemetry.exporter``."""
-    return _InfraTelemetry(settings.telemetry, settings.service)
+    return DefaultTelemetryProvider(settings.telemetry, settings.service)

@@ -1,0 +1,230 @@
+"""A real OTLP receiver on loopback, for tests: HTTP/protobuf and gRPC.
+
+It decodes what the real exporters send with the ``opentelemetry-proto``
+package, so tests assert on spans as a collector would see them::
+
+    with OtlpReceiver() as receiver:
+        ...  # point telemetry.endpoint at receiver.http_endpoint (or grpc_endpoint)
+        spans = receiver.wait_for_spans(3)
+"""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+__all__ = ["OtlpReceiver", "ReceivedSpan"]
+
+
+@dataclass(frozen=True)
+class ReceivedSpan:
+    """One span as the collector decoded it."""
+
+    name: str
+    kind: int
+    trace_id: str
+    span_id: str
+    parent_span_id: str
+    status_code: int  # 0 UNSET, 1 OK, 2 ERROR
+    attributes: dict[str, Any]
+    resource: dict[str, Any]
+    scope: str
+    events: list[str] = field(default_factory=list)
+
+
+def _value(any_value: Any) -> Any:
+    kind = any_value.WhichOneof("value")
+    if kind is None:
+        return None
+    value = getattr(any_value, kind)
+    if kind == "array_value":
+        return [_value(v) for v in value.values]
+    if kind == "kvlist_value":
+        return {kv.key: _value(kv.value) for kv in value.values}
+    return value
+
+
+def _attributes(items: Any) -> dict[str, Any]:
+    return {kv.key: _value(kv.value) for kv in items}
+
+
+class OtlpReceiver:
+    """Collects spans and metric names sent over OTLP/HTTP and OTLP/gRPC."""
+
+    def __init__(self, *, grpc: bool = True, hang: bool = False) -> None:
+        self._lock = threading.Lock()
+        self.spans: list[ReceivedSpan] = []
+        self.metric_names: list[str] = []
+        self.requests = 0
+        self._hang = threading.Event() if hang else None
+        self._want_grpc = grpc
+        self._http: ThreadingHTTPServer | None = None
+        self._grpc: Any = None
+        self.http_port = 0
+        self.grpc_port = 0
+
+    # --- decoding ---------------------------------------------------------------
+
+    def _take_traces(self, payload: bytes) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceRequest,
+        )
+
+        request = ExportTraceServiceRequest()
+        request.ParseFromString(payload)
+        self._add_traces(request)
+
+    def _add_traces(self, request: Any) -> None:
+        found = []
+        for resource_spans in request.resource_spans:
+            resource = _attributes(resource_spans.resource.attributes)
+            for scope_spans in resource_spans.scope_spans:
+                for span in scope_spans.spans:
+                    found.append(
+                        ReceivedSpan(
+                            name=span.name,
+                            kind=span.kind,
+                            trace_id=span.trace_id.hex(),
+                            span_id=span.span_id.hex(),
+                            parent_span_id=span.parent_span_id.hex(),
+                            status_code=span.status.code,
+                            attributes=_attributes(span.attributes),
+                            resource=resource,
+                            scope=scope_spans.scope.name,
+                            events=[e.name for e in span.events],
+                        )
+                    )
+        with self._lock:
+            self.spans.extend(found)
+            self.requests += 1
+
+    def _take_metrics(self, payload: bytes) -> None:
+        from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
+            ExportMetricsServiceRequest,
+        )
+
+        request = ExportMetricsServiceRequest()
+        request.ParseFromString(payload)
+        self._add_metrics(request)
+
+    def _add_metrics(self, request: Any) -> None:
+        names = [
+            metric.name
+            for resource_metrics in request.resource_metrics
+            for scope_metrics in resource_metrics.scope_metrics
+            for metric in scope_metrics.metrics
+        ]
+        with self._lock:
+            self.metric_names.extend(names)
+            self.requests += 1
+
+    # --- servers ----------------------------------------------------------------
+
+    def _http_handler(self) -> type[BaseHTTPRequestHandler]:
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("content-length", "0"))
+                body = self.rfile.read(length)
+                if receiver._hang is not None:
+                    receiver._hang.wait(30)  # accept, never answer (until stopped)
+                    return
+                if self.headers.get("content-encoding") == "gzip":
+                    body = gzip.decompress(body)
+                if self.path == "/v1/traces":
+                    receiver._take_traces(body)
+                elif self.path == "/v1/metrics":
+                    receiver._take_metrics(body)
+                else:
+                    self.send_response(404)
+                    self.end_headers()
+                    return
+                self.send_response(200)
+                self.send_header("content-type", "application/x-protobuf")
+                self.send_header("content-length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        return Handler
+
+    def _start_grpc(self) -> None:
+        from concurrent import futures
+
+        import grpc
+        from opentelemetry.proto.collector.metrics.v1 import (
+            metrics_service_pb2,
+            metrics_service_pb2_grpc,
+        )
+        from opentelemetry.proto.collector.trace.v1 import (
+            trace_service_pb2,
+            trace_service_pb2_grpc,
+        )
+
+        receiver = self
+
+        class Traces(trace_service_pb2_grpc.TraceServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+                receiver._add_traces(request)
+                return trace_service_pb2.ExportTraceServiceResponse()
+
+        class Metrics(metrics_service_pb2_grpc.MetricsServiceServicer):
+            def Export(self, request: Any, context: Any) -> Any:  # noqa: N802 - gRPC's name
+                receiver._add_metrics(request)
+                return metrics_service_pb2.ExportMetricsServiceResponse()
+
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+        self.grpc_port = server.add_insecure_port("127.0.0.1:0")
+        server.start()
+        self._grpc = server
+
+    def start(self) -> OtlpReceiver:
+        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._http_handler())
+        self._http.daemon_threads = True
+        self.http_port = self._http.server_address[1]
+        threading.Thread(target=self._http.serve_forever, daemon=True).start()
+        if self._want_grpc:
+            self._start_grpc()
+        return self
+
+    def stop(self) -> None:
+        if self._hang is not None:
+            self._hang.set()
+        if self._http is not None:
+            self._http.shutdown()
+            self._http.server_close()
+        if self._grpc is not None:
+            self._grpc.stop(grace=None)
+
+    def __enter__(self) -> OtlpReceiver:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    @property
+    def http_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.http_port}"
+
+    @property
+    def grpc_endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.grpc_port}"
+
+    def wait_for_spans(self, count: int, timeout_s: float = 10.0) -> list[ReceivedSpan]:
+        """Spans received so far, once at least ``count`` arrived (or the timeout)."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                if len(self.spans) >= count:
+                    return list(self.spans)
+            time.sleep(0.02)
+        with self._lock:
+            return list(self.spans)

@@ -1,0 +1,172 @@
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import pytest
+from opentelemetry import trace
+
+from infrakit import Infra, load_settings
+from infrakit.errors import TelemetryError
+from infrakit.settings.models import ServiceSettings, TelemetrySettings
+from infrakit.telemetry import TelemetryProvider, get_telemetry
+
+
+def memory(**kwargs: Any) -> TelemetryProvider:
+    return TelemetryProvider(TelemetrySettings(exporter="memory"), ServiceSettings(**kwargs))
+
+
+class TestInitialize:
+    """Idempotent, thread-safe, and all-or-nothing."""
+
+    def test_sixteen_threads_build_once(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        provider = memory(name="t")
+        builds: list[object] = []
+        real = TelemetryProvider._build
+
+        def counting(self: TelemetryProvider) -> Any:
+            built = real(self)
+            builds.append(built)
+            return built
+
+        monkeypatch.setattr(TelemetryProvider, "_build", counting)
+        barrier = threading.Barrier(16)
+        seen: list[object] = []
+
+        def run() -> None:
+            barrier.wait()
+            provider.initialize()
+            seen.append(provider.tracer_provider)
+
+        threads = [threading.Thread(target=run) for _ in range(16)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert len(builds) == 1
+        assert len({id(s) for s in seen}) == 1
+        provider.shutdown()
+
+    def test_failed_initialize_leaves_nothing_and_can_retry(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        provider = memory()
+        real = TelemetryProvider._exporters
+        calls = {"n": 0}
+
+        def flaky(self: TelemetryProvider) -> Any:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise TelemetryError("exporter set-up failed")
+            return real(self)
+
+        monkeypatch.setattr(TelemetryProvider, "_exporters", flaky)
+        with pytest.raises(TelemetryError):
+            provider.initialize()
+        assert not provider.initialized
+        assert provider.tracer_provider is None
+        assert isinstance(provider.tracer, trace.NoOpTracer)
+        provider.initialize()
+        assert provider.initialized
+        with provider.tracer.start_as_current_span("after-retry"):
+            pass
+        assert [s.name for s in provider.finished_spans()] == ["after-retry"]
+        provider.shutdown()
+
+    def test_shutdown_is_idempotent_and_flushes(self) -> None:
+        provider = memory()
+        provider.initialize()
+        with provider.tracer.start_as_current_span("s"):
+            pass
+        provider.shutdown()
+        provider.shutdown()
+        assert not provider.initialized
+
+
+class TestExportersAndEnvironment:
+    """Which exporter runs, and the OTEL_* variables the kit honours."""
+
+    def test_none_is_a_noop(self) -> None:
+        provider = TelemetryProvider(TelemetrySettings(exporter="none"))
+        provider.initialize()
+        assert not provider.enabled
+        assert isinstance(provider.tracer, trace.NoOpTracer)
+        assert provider.tracer_provider is None
+
+    def test_sdk_disabled(self) -> None:
+        provider = TelemetryProvider(
+            TelemetrySettings(exporter="memory"), environ={"OTEL_SDK_DISABLED": "true"}
+        )
+        provider.initialize()
+        assert not provider.enabled
+        assert isinstance(provider.tracer, trace.NoOpTracer)
+
+    def test_service_name_from_env_when_profile_is_silent(self) -> None:
+        provider = TelemetryProvider(
+            TelemetrySettings(exporter="memory"),
+            ServiceSettings(version="2.0", environment="staging"),
+            environ={"OTEL_SERVICE_NAME": "from-env"},
+        )
+        provider.initialize()
+        with provider.tracer.start_as_current_span("x"):
+            pass
+        (span,) = provider.finished_spans()
+        resource = dict(span.resource.attributes)
+        assert resource["service.name"] == "from-env"
+        assert resource["service.version"] == "2.0"
+        assert resource["deployment.environment"] == "staging"
+        provider.shutdown()
+
+    def test_profile_name_wins_over_env(self) -> None:
+        provider = TelemetryProvider(
+            TelemetrySettings(exporter="memory"),
+            ServiceSettings(name="from-profile"),
+            environ={"OTEL_SERVICE_NAME": "from-env"},
+        )
+        assert provider.service_name == "from-profile"
+
+    def test_sampler_ratio_zero_drops_everything(self) -> None:
+        provider = TelemetryProvider(TelemetrySettings(exporter="memory", sample_ratio=0.0))
+        provider.initialize()
+        for _ in range(20):
+            with provider.tracer.start_as_current_span("x"):
+                pass
+        assert provider.finished_spans() == ()
+        provider.shutdown()
+
+    def test_memory_only_helpers(self) -> None:
+        provider = TelemetryProvider(TelemetrySettings(exporter="console"))
+        with pytest.raises(TelemetryError, match="exporter: memory"):
+            provider.finished_spans()
+
+    def test_metrics_helper(self) -> None:
+        provider = memory()
+        provider.initialize()
+        provider.meter.create_counter("things").add(3, {"k": "v"})
+        ((attrs, point),) = provider.metrics()["things"]
+        assert attrs == {"k": "v"}
+        assert point.value == 3
+        provider.shutdown()
+
+
+class TestInfraWiring:
+    """Infra starts telemetry first, makes it the default, and stops it last."""
+
+    async def test_test_profile(self) -> None:
+        async with Infra.from_profile("test", environ={}) as infra:
+            assert isinstance(infra.telemetry, TelemetryProvider)
+            assert get_telemetry() is infra.telemetry
+            with infra.telemetry.tracer.start_as_current_span("inside"):
+                pass
+            assert [s.name for s in infra.telemetry.finished_spans()] == ["inside"]
+        assert get_telemetry() is None
+
+    async def test_two_infras_each_see_their_own_spans(self) -> None:
+        settings = load_settings("test", environ={})
+        async with Infra(settings) as first, Infra(settings) as second:
+            with first.telemetry.tracer.start_as_current_span("one"):
+                pass
+            with second.telemetry.tracer.start_as_current_span("two"):
+                pass
+            assert [s.name for s in first.telemetry.finished_spans()] == ["one"]
+            assert [s.name for s in second.telemetry.finished_spans()] == ["two"]
