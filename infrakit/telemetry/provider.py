@@ -39,38 +39,47 @@ _log = logging.getLogger("infrakit.telemetry")
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class _ExportGuard:
-    """Wraps an exporter: one warning when the collector goes away, one when
-    it is back, instead of a log line per failed batch."""
+class _CollectorState:
+    """Whether the collector answers, shared by a provider's span and metric
+    exporters: one warning when it goes away, one when it is back, instead of
+    a log line per failed batch."""
 
-    def __init__(self, exporter: Any, what: str, endpoint: str) -> None:
-        self._exporter = exporter
-        self._what = what
+    def __init__(self, endpoint: str) -> None:
         self._endpoint = endpoint
         self._failing = False
+        self._lock = threading.Lock()
 
-    def _note(self, ok: bool) -> None:
-        if not ok and not self._failing:
-            self._failing = True
+    def note(self, ok: bool, what: str) -> None:
+        with self._lock:
+            if ok == (not self._failing):
+                return
+            self._failing = not ok
+        if ok:
+            _log.warning("infrakit.telemetry: the collector at %s answers again", self._endpoint)
+        else:
             _log.warning(
                 "infrakit.telemetry: exporting %s to %s failed; the collector seems down "
                 "(spans are dropped once the queue is full; one warning until it is back)",
-                self._what,
+                what,
                 self._endpoint,
             )
-        elif ok and self._failing:
-            self._failing = False
-            _log.warning(
-                "infrakit.telemetry: exporting %s to %s works again", self._what, self._endpoint
-            )
+
+
+class _ExportGuard:
+    """Wraps an exporter so its failures are reported through the shared state."""
+
+    def __init__(self, exporter: Any, what: str, state: _CollectorState) -> None:
+        self._exporter = exporter
+        self._what = what
+        self._state = state
 
     def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
         try:
             result = self._exporter.export(batch, *args, **kwargs)
         except Exception:  # noqa: BLE001 - an exporter must never break the app
-            self._note(False)
+            self._state.note(False, self._what)
             return _failure(result_type=self._what)
-        self._note(getattr(result, "name", "SUCCESS") == "SUCCESS")
+        self._state.note(getattr(result, "name", "SUCCESS") == "SUCCESS", self._what)
         return result
 
     def __getattr__(self, name: str) -> Any:
@@ -102,6 +111,7 @@ _EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.grpc.exporter",
     "opentelemetry.sdk.trace.export",
     "opentelemetry.sdk.metrics._internal.export",
+    "opentelemetry.sdk._shared_internal",  # "Queue full, dropping Span."
 )
 
 
@@ -265,6 +275,8 @@ class TelemetryProvider:
             processor = BatchSpanProcessor(
                 span_exporter,
                 max_queue_size=self.settings.max_queue_size,
+                # the SDK refuses a batch larger than the queue
+                max_export_batch_size=min(512, self.settings.max_queue_size),
                 export_timeout_millis=int(self.settings.timeout_s * 1000),
             )
             reader = PeriodicExportingMetricReader(
@@ -328,7 +340,8 @@ class TelemetryProvider:
             metric = HttpMetricExporter(
                 endpoint=f"{endpoint}/v1/metrics" if endpoint else None, **http_options
             )
-        return _ExportGuard(span, "spans", shown), _ExportGuard(metric, "metrics", shown)
+        state = _CollectorState(shown)
+        return _ExportGuard(span, "spans", state), _ExportGuard(metric, "metrics", state)
 
     def force_flush(self, timeout_s: float = 5.0) -> bool:
         """Export everything buffered now (tests, and before a process exits)."""

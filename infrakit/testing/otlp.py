@@ -52,6 +52,21 @@ def _attributes(items: Any) -> dict[str, Any]:
     return {kv.key: _value(kv.value) for kv in items}
 
 
+def _received(span: Any, resource: dict[str, Any], scope: str) -> ReceivedSpan:
+    return ReceivedSpan(
+        name=span.name,
+        kind=span.kind,
+        trace_id=span.trace_id.hex(),
+        span_id=span.span_id.hex(),
+        parent_span_id=span.parent_span_id.hex(),
+        status_code=span.status.code,
+        attributes=_attributes(span.attributes),
+        resource=resource,
+        scope=scope,
+        events=[e.name for e in span.events],
+    )
+
+
 class OtlpReceiver:
     """Collects spans and metric names sent over OTLP/HTTP and OTLP/gRPC."""
 
@@ -79,25 +94,12 @@ class OtlpReceiver:
         self._add_traces(request)
 
     def _add_traces(self, request: Any) -> None:
-        found = []
-        for resource_spans in request.resource_spans:
-            resource = _attributes(resource_spans.resource.attributes)
-            for scope_spans in resource_spans.scope_spans:
-                for span in scope_spans.spans:
-                    found.append(
-                        ReceivedSpan(
-                            name=span.name,
-                            kind=span.kind,
-                            trace_id=span.trace_id.hex(),
-                            span_id=span.span_id.hex(),
-                            parent_span_id=span.parent_span_id.hex(),
-                            status_code=span.status.code,
-                            attributes=_attributes(span.attributes),
-                            resource=resource,
-                            scope=scope_spans.scope.name,
-                            events=[e.name for e in span.events],
-                        )
-                    )
+        found = [
+            _received(span, _attributes(resource_spans.resource.attributes), scope_spans.scope.name)
+            for resource_spans in request.resource_spans
+            for scope_spans in resource_spans.scope_spans
+            for span in scope_spans.spans
+        ]
         with self._lock:
             self.spans.extend(found)
             self.requests += 1
@@ -180,8 +182,8 @@ class OtlpReceiver:
                 return metrics_service_pb2.ExportMetricsServiceResponse()
 
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
-        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)
-        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)  # type: ignore[no-untyped-call]
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)  # type: ignore[no-untyped-call]
         self.grpc_port = server.add_insecure_port("127.0.0.1:0")
         server.start()
         self._grpc = server
