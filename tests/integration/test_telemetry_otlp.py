@@ -69,7 +69,7 @@ class TestExportToReceiver:
                 "logging.level": "WARNING",
             },
         )
-        async with Infra(settings) as infra:
+        async with Infra(settings):
 
             @traced("checkout", attributes={"cart.items": 3})
             async def checkout() -> None:
