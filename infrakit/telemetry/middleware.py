@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import fnmatch
+import os
 import re
 import time
-import uuid
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import Any
 
@@ -61,19 +61,18 @@ def compile_excluded(patterns: Iterable[str]) -> Callable[[str], bool]:
 
 
 class _Headers:
-    """A read-only ``get`` over ASGI's list of byte pairs, for the propagator."""
+    """ASGI's list of byte pairs as a read-only ``get``, for us and the propagator."""
 
-    __slots__ = ("_raw",)
+    __slots__ = ("_map",)
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
-        self._raw = raw
+        # first value wins, as for a single-valued header
+        self._map: dict[str, str] = {}
+        for key, value in raw:
+            self._map.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
 
     def get(self, name: str) -> str | None:
-        wanted = name.encode("latin-1")
-        for key, value in self._raw:
-            if key.lower() == wanted:
-                return value.decode("latin-1")
-        return None
+        return self._map.get(name)
 
 
 class _Getter:
@@ -84,7 +83,7 @@ class _Getter:
 
     @staticmethod
     def keys(carrier: _Headers) -> list[str]:
-        return [key.decode("latin-1") for key, _ in carrier._raw]
+        return list(carrier._map)
 
 
 _getter = _Getter()
@@ -146,7 +145,7 @@ class TracingMiddleware:
         raw_headers = scope.get("headers") or ()
         headers = _Headers(raw_headers)
         incoming = headers.get("x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
         token = _request_id.set(request_id)
         try:
             path = scope.get("path", "")

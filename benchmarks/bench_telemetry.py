@@ -1,0 +1,160 @@
+"""Telemetry costs, as ratios measured in one run.
+
+Targets:
+- ``TracingMiddleware`` per-request overhead (time with the middleware minus
+  the bare app) with the memory exporter, spans and metrics on, at most 0.35x
+  the overhead of contrib's ``opentelemetry-instrumentation-asgi``
+  ``OpenTelemetryMiddleware`` on the same Starlette app and providers.
+- ``@traced`` on a sync function with telemetry ``none``: at most 1.5x a bare call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import time
+import timeit
+from typing import Any
+
+from _util import verdict
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
+
+from infrakit.settings.models import ServiceSettings, TelemetrySettings
+from infrakit.telemetry import TelemetryProvider, TracingMiddleware, reset_telemetry, traced
+
+
+async def hello(request: Any) -> PlainTextResponse:
+    return PlainTextResponse("hi")
+
+
+def starlette_app() -> Starlette:
+    return Starlette(routes=[Route("/items/{item_id}", hello)])
+
+
+SCOPE: dict[str, Any] = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/items/42",
+    "raw_path": b"/items/42",
+    "root_path": "",
+    "query_string": b"",
+    "headers": [(b"host", b"bench"), (b"user-agent", b"bench/1")],
+    "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8000),
+}
+
+
+async def _receive() -> dict[str, Any]:
+    return {"type": "http.request", "body": b"", "more_body": False}
+
+
+async def _send(message: dict[str, Any]) -> None:
+    return None
+
+
+async def per_request(app: Any, n: int) -> float:
+    start = time.perf_counter()
+    for _ in range(n):
+        await app(dict(SCOPE), _receive, _send)
+    return (time.perf_counter() - start) / n
+
+
+async def bench_middleware(n: int = 5_000, rounds: int = 5) -> bool:
+    from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
+
+    provider = TelemetryProvider(TelemetrySettings(exporter="memory"), ServiceSettings(name="b"))
+    provider.initialize()
+    bare = starlette_app()
+    ours = TracingMiddleware(starlette_app(), provider)
+    contrib = OpenTelemetryMiddleware(
+        starlette_app(),
+        tracer_provider=provider.tracer_provider,
+        meter_provider=provider._meter_provider,
+    )
+    contrib_lean = OpenTelemetryMiddleware(
+        starlette_app(),
+        tracer_provider=provider.tracer_provider,
+        meter_provider=provider._meter_provider,
+        exclude_spans=["receive", "send"],
+    )
+    for app in (bare, ours, contrib, contrib_lean):
+        await per_request(app, 500)  # warm up
+    samples: dict[str, list[float]] = {"bare": [], "ours": [], "contrib": [], "contrib_lean": []}
+    for _ in range(rounds):  # alternate, keep the best of each
+        for name, app in (
+            ("bare", bare),
+            ("ours", ours),
+            ("contrib", contrib),
+            ("contrib_lean", contrib_lean),
+        ):
+            samples[name].append(await per_request(app, n))
+            provider.clear_spans()
+    best = {name: min(values) for name, values in samples.items()}
+    ours_overhead = best["ours"] - best["bare"]
+    contrib_overhead = best["contrib"] - best["bare"]
+    lean_overhead = best["contrib_lean"] - best["bare"]
+    print(f"bare Starlette route:                    {best['bare'] * 1e6:7.1f} us/request")
+    for label, key, overhead in (
+        ("+ contrib OpenTelemetryMiddleware:    ", "contrib", contrib_overhead),
+        ("+ contrib, exclude_spans=receive,send:", "contrib_lean", lean_overhead),
+        ("+ infrakit TracingMiddleware:         ", "ours", ours_overhead),
+    ):
+        print(f"{label}   {best[key] * 1e6:7.1f} us (overhead {overhead * 1e6:.1f})")
+    provider.shutdown()
+    return verdict("middleware overhead vs contrib's", ours_overhead / contrib_overhead, 0.35)
+
+
+def _ns(fn: Any, number: int) -> float:
+    return min(min(timeit.repeat(fn, number=number, repeat=3)) / number for _ in range(5))
+
+
+def bench_traced(number: int = 1_000_000) -> bool:
+    reset_telemetry()  # telemetry none: no default provider
+
+    def work(a: int, b: int) -> int:
+        return a + b
+
+    def passthrough(*args: Any, **kwargs: Any) -> int:  # the cheapest possible wrapper
+        return work(*args, **kwargs)
+
+    wrapped = traced(work)
+
+    def realistic(user: str, items: int) -> str:  # a little real work: format a key
+        return f"{user}:{items}:{hash((user, items)) & 0xFFFF:04x}"
+
+    wrapped_realistic = traced(realistic)
+
+    bare = _ns(lambda: work(1, 2), number)
+    floor = _ns(lambda: passthrough(1, 2), number)
+    ours = _ns(lambda: wrapped(1, 2), number)
+    bare_r = _ns(lambda: realistic("ann", 3), number)
+    ours_r = _ns(lambda: wrapped_realistic("ann", 3), number)
+    print(f"trivial function a+b, bare:          {bare * 1e9:6.1f} ns")
+    added = (ours - bare) * 1e9
+    print(
+        f"  any Python pass-through wrapper:   {floor * 1e9:6.1f} ns ({floor / bare:.2f}x, a floor)"
+    )
+    ratio = ours / bare
+    print(
+        f"  @traced, telemetry off:            {ours * 1e9:6.1f} ns ({ratio:.2f}x, +{added:.0f} ns)"
+    )
+    print(f"small real function (format a key):  {bare_r * 1e9:6.1f} ns")
+    print(f"  @traced, telemetry off:            {ours_r * 1e9:6.1f} ns ({ours_r / bare_r:.2f}x)")
+    ok_real = verdict("@traced off vs bare, small real function", ours_r / bare_r, 1.5)
+    ok_trivial = verdict("@traced off vs bare, trivial a+b", ours / bare, 1.5)
+    return ok_real and ok_trivial
+
+
+async def main() -> bool:
+    ok_mw = await bench_middleware()
+    ok_traced = bench_traced()
+    return ok_mw and ok_traced
+
+
+if __name__ == "__main__":
+    sys.exit(0 if asyncio.run(main()) else 1)
