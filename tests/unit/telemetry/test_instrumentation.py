@@ -16,7 +16,6 @@ def uninstrument() -> Iterator[None]:
     yield
     from opentelemetry.instrumentation.redis import RedisInstrumentor
     from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
-
     from sqlalchemy.exc import InvalidRequestError
 
     for instrumentor in (SQLAlchemyInstrumentor(), RedisInstrumentor()):
