@@ -184,6 +184,25 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
     return asyncio.run(run())
 
 
+def cmd_check(args: argparse.Namespace) -> int:
+    from infrakit.health import check_profile
+
+    settings = _load(args)
+    report = asyncio.run(check_profile(settings, timeout_s=args.timeout))
+    if args.json:
+        print(json.dumps({"profile": settings.profile, **report.to_dict()}, indent=2))
+    else:
+        print(f"profile: {settings.profile}")
+        for c in report.components:
+            latency = f"{c.latency_ms:8.1f} ms" if c.status == "up" else " " * 11
+            line = f"  {c.component:<10} {c.backend:<11} {c.status:<11} {latency}"
+            print(line + (f"  {c.error}" if c.error else ""))
+    if not report.ok:
+        print(f"infrakit: down: {', '.join(report.down)}", file=sys.stderr)
+        return EXIT_FAILED
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="infrakit", description="Configuration-driven infrastructure kit.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
@@ -222,6 +241,12 @@ def build_parser() -> argparse.ArgumentParser:
     verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 when broken")
     _profile_args(verify)
     verify.set_defaults(func=cmd_audit_verify)
+
+    check = sub.add_parser("check", help="health of every component; exit 1 when one is down")
+    _profile_args(check)
+    check.add_argument("--json", action="store_true", help="machine-readable output")
+    check.add_argument("--timeout", type=float, default=2.0, help="seconds per check (default 2)")
+    check.set_defaults(func=cmd_check)
 
     describe = sub.add_parser(
         "describe", help="start the infrastructure of a profile, print what was built, stop"

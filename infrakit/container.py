@@ -25,6 +25,7 @@ from dependency_injector import containers, providers
 
 from infrakit import registry
 from infrakit.errors import ConfigError, ConfigProblem, InfrastructureError, ShutdownError
+from infrakit.health import HealthReport, check_components
 from infrakit.logging.config import configure_logging
 from infrakit.settings.models import InfraSettings
 
@@ -322,6 +323,21 @@ class Infra:
     @property
     def audit(self) -> Any:
         return self.get("audit")
+
+    async def health(self, *, timeout_s: float = 2.0) -> HealthReport:
+        """Check every running component concurrently (what ``/health`` should serve)."""
+        running: dict[str, tuple[str, Any]] = {}
+        unavailable: dict[str, tuple[str, str]] = {}
+        for component in registry.COMPONENTS:
+            name = _selected(self._settings, component)
+            if component in self._unavailable and not self._slot(component).overridden:
+                unavailable[component] = (name, self._unavailable[component])
+                continue
+            try:
+                running[component] = (name, self.get(component))
+            except InfrastructureError as error:
+                unavailable[component] = (name, str(error))
+        return await check_components(running, timeout_s=timeout_s, unavailable=unavailable)
 
     def describe(self) -> list[ComponentInfo]:
         """What each component was built as, without touching any backend."""

@@ -16,6 +16,7 @@ from infrakit.audit.base import (
     sort_key,
     verify_chain,
 )
+from infrakit.health import HealthResult
 
 if TYPE_CHECKING:
     from infrakit.settings.models import InfraSettings
@@ -84,6 +85,10 @@ class InMemoryAuditLogger(AuditLogger):
         if not entries:
             return VerifyResult(True, 0)
         return verify_chain(entries, start_prev=entries[0].prev_hash)
+
+    async def health_check(self) -> HealthResult:
+        """Always up: the log is this process's memory."""
+        return HealthResult(True, 0.0)
 
     def __len__(self) -> int:
         return len(self._entries)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import operator
+import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -31,6 +32,7 @@ from infrakit.audit.base import (
 )
 from infrakit.database.session import SQLITE_BEGIN_IMMEDIATE, DatabaseSession
 from infrakit.errors import AuditError
+from infrakit.health import HealthResult
 
 if TYPE_CHECKING:
     from infrakit.settings.models import InfraSettings
@@ -148,6 +150,20 @@ class SqlAuditLogger(AuditLogger):
                 f"the audit table {AUDIT_TABLE!r} does not exist in {self._db.url}; "
                 "run `infrakit db upgrade PROFILE` (or set database.auto_migrate: true)"
             )
+
+    async def health_check(self) -> HealthResult:
+        """One indexed read of the audit table (its database and the table both answer)."""
+        start = time.perf_counter()
+        try:
+            await self.initialize()  # the table is there (one catalogue read)
+            async with self._db.engine.connect() as conn:
+                await conn.execute(sa.select(_c.seq).order_by(_c.seq.desc()).limit(1))
+        except AuditError as error:
+            return HealthResult(False, (time.perf_counter() - start) * 1000, str(error))
+        except (exc.SQLAlchemyError, OSError) as error:
+            detail = self._fail("reading the audit table", error)
+            return HealthResult(False, (time.perf_counter() - start) * 1000, str(detail))
+        return HealthResult(True, (time.perf_counter() - start) * 1000)
 
     # --- writing ----------------------------------------------------------------
 

@@ -407,7 +407,7 @@ class TelemetryProvider:
 
         start = time.perf_counter()
         if not self.enabled or self.settings.exporter != "otlp":
-            return HealthResult(self._initialized or not self.enabled, 0.0)
+            return HealthResult(True, 0.0)  # nothing remote to ask
         endpoint = (
             self.settings.endpoint.get_secret_value()
             if self.settings.endpoint
