@@ -13,6 +13,8 @@ from hypothesis import HealthCheck, settings
 from infrakit.logging import reset_logging
 from infrakit.telemetry import reset_telemetry
 
+pytest_plugins = ["pytester"]
+
 # Properties run at least 100 examples each (the seed's testing strategy).
 settings.register_profile(
     "infrakit",

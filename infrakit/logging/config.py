@@ -118,6 +118,21 @@ def _validate(log_level: str, log_format: str) -> tuple[str, str]:
     return log_level.strip().upper(), log_format
 
 
+#: Lists that receive a copy of every (redacted) event: what
+#: ``infrakit.testing``'s ``captured_logs`` reads. Empty in production.
+_taps: list[list[dict[str, Any]]] = []
+
+
+def _tap(logger: object, method_name: str, event_dict: EventDict) -> EventDict:
+    if _taps:
+        event = dict(event_dict)
+        event.pop("_record", None)
+        event.pop("_from_structlog", None)
+        for tap in _taps:
+            tap.append(event)
+    return event_dict
+
+
 def build_processors(
     *,
     log_format: str = "json",
@@ -133,6 +148,7 @@ def build_processors(
         structlog.processors.add_log_level,
         UTCTimestamper(),
         PIIRedactor(additional_pii_patterns, replacement),
+        _tap,
     ]
     renderer: Processor
     if log_format == "console" or development:
