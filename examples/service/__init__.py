@@ -1,0 +1,1 @@
+"""A small FastAPI service that uses every infrakit component."""

@@ -1,0 +1,128 @@
+"""The FastAPI integration: lifespan, dependencies, require_token."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from fastapi import Depends, FastAPI
+from sqlalchemy import text
+
+from infrakit.errors import TokenStoreError
+from infrakit.integrations.fastapi import get_db_session, get_infra, install, require_token
+from infrakit.testing import override
+
+KEY = "k" * 32
+
+
+class BrokenStore:
+    async def is_valid(self, jti: str) -> bool:
+        raise TokenStoreError("redis down")
+
+
+def make_app() -> FastAPI:
+    app = FastAPI()
+    install(app, "test", environ={})
+    auth = require_token(key=KEY)
+
+    @app.get("/secure")
+    async def secure(claims: dict[str, Any] = Depends(auth)) -> dict[str, Any]:  # noqa: B008
+        return {"sub": claims["sub"]}
+
+    @app.post("/write/{fail}")
+    async def write(fail: bool, session: Any = Depends(get_db_session)) -> dict[str, str]:  # noqa: B008
+        await session.execute(text("CREATE TABLE IF NOT EXISTS notes (body TEXT)"))
+        await session.execute(text("INSERT INTO notes VALUES ('x')"))
+        if fail:
+            raise RuntimeError("handler failed")
+        return {"ok": "yes"}
+
+    @app.get("/count")
+    async def count(session: Any = Depends(get_db_session)) -> dict[str, int]:  # noqa: B008
+        return {"n": (await session.execute(text("SELECT count(*) FROM notes"))).scalar_one()}
+
+    return app
+
+
+def token(jti: str = "j1", **claims: Any) -> str:
+    payload = {"sub": "ann", "jti": jti, "exp": datetime.now(UTC) + timedelta(minutes=5), **claims}
+    return jwt.encode(payload, KEY, algorithm="HS256")
+
+
+async def call(app: FastAPI, method: str, path: str, **kwargs: Any) -> httpx.Response:
+    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://t") as client:
+        return await client.request(method, path, **kwargs)
+
+
+@pytest.fixture
+async def app() -> Any:
+    application = make_app()
+    async with application.router.lifespan_context(application):
+        yield application
+
+
+class TestRequireToken:
+    """401 with a JSON body for every bad token; 503 when the store cannot answer."""
+
+    async def test_valid(self, app: FastAPI) -> None:
+        infra = app.state.infra
+        await infra.tokens.store("j1", "ann", datetime.now(UTC) + timedelta(minutes=5))
+        response = await call(app, "GET", "/secure", headers={"authorization": f"Bearer {token()}"})
+        assert (response.status_code, response.json()) == (200, {"sub": "ann"})
+
+    @pytest.mark.parametrize(
+        ("header", "detail"),
+        [
+            (None, "missing or malformed"),
+            ("Basic abc", "missing or malformed"),
+            ("Bearer ", "missing or malformed"),
+            ("Bearer not.a.jwt", "invalid token"),
+            (
+                f"Bearer {jwt.encode({'sub': 'a', 'jti': 'x', 'exp': 9999999999}, 'wrong' * 8)}",
+                "invalid token",
+            ),
+            (f"Bearer {jwt.encode({'sub': 'a', 'exp': 9999999999}, KEY)}", "invalid token"),
+            (f"Bearer {jwt.encode({'sub': 'a', 'jti': 'x', 'exp': 1}, KEY)}", "token expired"),
+            ("Bearer TOKEN", "revoked or unknown"),
+        ],
+    )
+    async def test_unauthorized(self, app: FastAPI, header: str | None, detail: str) -> None:
+        headers = (
+            {} if header is None else {"authorization": header.replace("TOKEN", token("nope"))}
+        )
+        response = await call(app, "GET", "/secure", headers=headers)
+        assert response.status_code == 401
+        assert detail in response.json()["detail"]
+        assert response.headers["www-authenticate"].startswith("Bearer")
+
+    async def test_store_down_is_503(self, app: FastAPI) -> None:
+        with override(app.state.infra, tokens=BrokenStore()):
+            response = await call(
+                app, "GET", "/secure", headers={"authorization": f"Bearer {token()}"}
+            )
+        assert response.status_code == 503
+        assert response.json() == {"detail": "token store unavailable"}
+
+
+class TestSessions:
+    """One session per request, rolled back when the handler fails."""
+
+    async def test_commit_and_rollback(self, app: FastAPI) -> None:
+        assert (await call(app, "POST", "/write/false")).status_code == 200
+        assert (await call(app, "POST", "/write/true")).status_code == 500
+        assert (await call(app, "GET", "/count")).json() == {"n": 1}
+
+    async def test_get_infra_without_lifespan(self) -> None:
+        from starlette.requests import Request
+
+        request = Request({"type": "http", "app": FastAPI()})
+        with pytest.raises(RuntimeError, match="no Infra on this app"):
+            await get_infra(request)
+
+    async def test_request_id_header(self, app: FastAPI) -> None:
+        response = await call(app, "GET", "/count", headers={"x-request-id": "req-7"})
+        assert response.headers["x-request-id"] == "req-7"
