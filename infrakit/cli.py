@@ -118,6 +118,13 @@ def cmd_schema(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_reference(args: argparse.Namespace) -> int:
+    from infrakit.settings.reference import render_reference
+
+    print(render_reference(), end="")
+    return EXIT_OK
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     left = flatten(_load(args, args.a).masked())
     right = flatten(_load(args, args.b).masked())
@@ -223,6 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     schema = config_sub.add_parser("schema", help="JSON Schema of a profile, for editors")
     schema.set_defaults(func=cmd_schema)
+
+    reference = config_sub.add_parser("reference", help="the profile reference, as Markdown")
+    reference.set_defaults(func=cmd_reference)
 
     diff = config_sub.add_parser("diff", help="keys whose effective values differ")
     diff.add_argument("a", help="first profile")

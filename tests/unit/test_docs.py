@@ -25,3 +25,22 @@ def test_there_are_examples() -> None:
 @pytest.mark.parametrize("code", examples)
 def test_example_runs(code: str, capsys: pytest.CaptureFixture[str]) -> None:
     exec(compile(code, "<doc example>", "exec"), {"__name__": "__doc_example__"})
+
+
+def test_profile_reference_is_current() -> None:
+    from infrakit.settings.reference import render_reference
+
+    committed = (ROOT / "docs" / "profile-reference.md").read_text(encoding="utf-8")
+    assert committed == render_reference(), (
+        "docs/profile-reference.md is stale: run "
+        "`infrakit config reference > docs/profile-reference.md`"
+    )
+
+
+def test_profile_reference_covers_every_key() -> None:
+    from infrakit.settings import InfraSettings
+    from infrakit.settings.models import flatten
+
+    text = (ROOT / "docs" / "profile-reference.md").read_text(encoding="utf-8")
+    for key in flatten(InfraSettings().masked()):
+        assert f"`{key}`" in text, key
