@@ -161,3 +161,30 @@ class TestDescribe:
         assert "profile: test" in out
         assert "components:" in out
         assert "stopped cleanly" in out
+
+
+class TestCheck:
+    """`infrakit check`: a table or JSON, exit 1 naming what is down."""
+
+    def test_all_up(self, capsys: pytest.CaptureFixture[str]) -> None:
+        code, out, _ = run(["check", "test"], capsys)
+        assert code == 0
+        for component in ("telemetry", "database", "tokens", "audit"):
+            assert component in out
+        assert "down" not in out
+
+    def test_down_is_named_and_masked(self, capsys: pytest.CaptureFixture[str]) -> None:
+        argv = [
+            "check", "test", "--json", "--timeout", "1",
+            "--set", "tokens.backend=redis",
+            "--set", "tokens.url=redis://:s3cret@127.0.0.1:9/0",
+        ]  # fmt: skip
+        code, out, err = run(argv, capsys)
+        assert code == 1
+        report = json.loads(out)
+        by_name = {c["component"]: c for c in report["components"]}
+        assert by_name["tokens"]["status"] == "down"
+        assert "redis://:***@127.0.0.1:9/0" in by_name["tokens"]["error"]
+        assert by_name["database"]["status"] == "up"
+        assert "s3cret" not in out + err
+        assert "down: tokens" in err
