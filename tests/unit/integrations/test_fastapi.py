@@ -126,3 +126,32 @@ class TestSessions:
     async def test_request_id_header(self, app: FastAPI) -> None:
         response = await call(app, "GET", "/count", headers={"x-request-id": "req-7"})
         assert response.headers["x-request-id"] == "req-7"
+
+
+class TestNoDoubleSpans:
+    """FastAPI's own native tracing is switched off by install(), so each request
+    has exactly one server span: ours."""
+
+    async def test_fastapi_native_tracing_is_off(self) -> None:
+        from infrakit.settings.models import TelemetrySettings
+        from infrakit.telemetry import TelemetryProvider
+
+        theirs = TelemetryProvider(TelemetrySettings(exporter="memory"))
+        theirs.initialize()
+        try:
+            application = FastAPI(telemetry={"tracer_provider": theirs.tracer_provider})  # type: ignore[call-arg]
+        except TypeError:
+            pytest.skip("this FastAPI has no native telemetry to switch off")
+        install(application, "test", environ={})
+
+        @application.get("/ping")
+        async def ping() -> dict[str, str]:
+            return {"ok": "yes"}
+
+        async with application.router.lifespan_context(application):
+            response = await call(application, "GET", "/ping")
+            ours = application.state.infra.telemetry.finished_spans()
+        assert response.status_code == 200
+        assert [s.name for s in ours] == ["GET /ping"]
+        assert theirs.finished_spans() == ()
+        theirs.shutdown()
