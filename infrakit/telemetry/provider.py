@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -44,13 +45,29 @@ class _CollectorState:
     exporters: one warning when it goes away, one when it is back, instead of
     a log line per failed batch."""
 
+    #: After a failed export, skip exporting for this long (doubling up to the
+    #: maximum) instead of serialising batch after batch for a dead collector.
+    BACKOFF_S = 2.0
+    MAX_BACKOFF_S = 30.0
+
     def __init__(self, endpoint: str) -> None:
         self._endpoint = endpoint
         self._failing = False
+        self._backoff = self.BACKOFF_S
+        self._retry_at = 0.0
         self._lock = threading.Lock()
+
+    def skipping(self) -> bool:
+        """True while a recent failure says the collector is still down."""
+        return self._failing and time.monotonic() < self._retry_at
 
     def note(self, ok: bool, what: str) -> None:
         with self._lock:
+            if not ok:
+                self._retry_at = time.monotonic() + self._backoff
+                self._backoff = min(self._backoff * 2, self.MAX_BACKOFF_S)
+            else:
+                self._backoff = self.BACKOFF_S
             if ok == (not self._failing):
                 return
             self._failing = not ok
@@ -74,6 +91,10 @@ class _ExportGuard:
         self._state = state
 
     def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        if self._state.skipping():
+            # the collector was down a moment ago: drop this batch without
+            # serialising it, so a dead collector costs the application nothing
+            return _failure(result_type=self._what)
         try:
             result = self._exporter.export(batch, *args, **kwargs)
         except Exception:  # noqa: BLE001 - an exporter must never break the app
@@ -104,6 +125,12 @@ class _QuietExporterLogs(logging.Filter):
 
 
 _QUIET = _QuietExporterLogs()
+
+#: profile switch -> (module, class) of the contrib instrumentation it turns on
+_INSTRUMENTATIONS = (
+    ("sqlalchemy", "opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor"),
+    ("redis", "opentelemetry.instrumentation.redis", "RedisInstrumentor"),
+)
 _EXPORTER_LOGGERS = (
     "opentelemetry.exporter.otlp.proto.http.trace_exporter",
     "opentelemetry.exporter.otlp.proto.http.metric_exporter",
@@ -197,31 +224,23 @@ class TelemetryProvider:
 
     def _instrument(self, tracer_provider: TracerProvider) -> None:
         """The optional contrib instrumentations the profile switches on."""
-        switches = self.settings.instrument
-        if switches.sqlalchemy:
+        import importlib
+
+        for switch, module, class_name in _INSTRUMENTATIONS:
+            if not getattr(self.settings.instrument, switch):
+                continue
             try:
-                from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+                instrumentor = getattr(importlib.import_module(module), class_name)()
             except ImportError as error:
                 raise MissingDependencyError(
-                    "telemetry.instrument.sqlalchemy", extra="instrument",
-                    module="opentelemetry-instrumentation-sqlalchemy",
-                    key="telemetry.instrument.sqlalchemy",
-                ) from error  # fmt: skip
-            instrumentor = SQLAlchemyInstrumentor()
+                    f"telemetry.instrument.{switch}",
+                    extra="instrument",
+                    module=f"opentelemetry-instrumentation-{switch}",
+                    key=f"telemetry.instrument.{switch}",
+                ) from error
             if not instrumentor.is_instrumented_by_opentelemetry:
-                # SQLAlchemy 2.1 is newer than the contrib package declares.
+                # skip_dep_check: SQLAlchemy 2.1 is newer than the contrib package declares
                 instrumentor.instrument(tracer_provider=tracer_provider, skip_dep_check=True)
-        if switches.redis:
-            try:
-                from opentelemetry.instrumentation.redis import RedisInstrumentor
-            except ImportError as error:
-                raise MissingDependencyError(
-                    "telemetry.instrument.redis", extra="instrument",
-                    module="opentelemetry-instrumentation-redis", key="telemetry.instrument.redis",
-                ) from error  # fmt: skip
-            redis_instrumentor = RedisInstrumentor()
-            if not redis_instrumentor.is_instrumented_by_opentelemetry:
-                redis_instrumentor.instrument(tracer_provider=tracer_provider, skip_dep_check=True)
 
     def _build(self) -> tuple[TracerProvider, MeterProvider, Any, Any]:
         from opentelemetry.sdk.metrics import MeterProvider
@@ -275,8 +294,10 @@ class TelemetryProvider:
             processor = BatchSpanProcessor(
                 span_exporter,
                 max_queue_size=self.settings.max_queue_size,
-                # the SDK refuses a batch larger than the queue
-                max_export_batch_size=min(512, self.settings.max_queue_size),
+                # Smaller than the SDK's 512, so serialising one batch (in the
+                # export thread, holding the GIL) never stalls a request for
+                # long; and the SDK refuses a batch larger than the queue.
+                max_export_batch_size=min(128, self.settings.max_queue_size),
                 export_timeout_millis=int(self.settings.timeout_s * 1000),
             )
             reader = PeriodicExportingMetricReader(
@@ -400,9 +421,8 @@ class TelemetryProvider:
         return out
 
     async def health_check(self) -> HealthResult:
-        """Up when off or initialised; an OTLP collector is asked with a TCP connect."""
+        """Up unless the exporter is OTLP and its collector refuses a TCP connect."""
         import asyncio
-        import time
         from urllib.parse import urlsplit
 
         start = time.perf_counter()

@@ -61,6 +61,14 @@ def validate_store(
     return expires
 
 
+def revocation_until(expires_at: datetime | None, now: float, max_lifetime_s: float) -> float:
+    """How long to remember a revocation (epoch seconds): ``expires_at`` if given,
+    else as long as any token the store accepts can live."""
+    if expires_at is None:
+        return now + max_lifetime_s
+    return _aware("expires_at", expires_at).timestamp()
+
+
 @dataclass(frozen=True, slots=True)
 class StoredToken:
     """What a token store knows of one token (JWT ``jti``)."""

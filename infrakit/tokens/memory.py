@@ -14,9 +14,9 @@ from infrakit.health import HealthResult
 from infrakit.tokens.base import (
     DEFAULT_MAX_LIFETIME_S,
     StoredToken,
-    _aware,
     _check_id,
     as_list,
+    revocation_until,
     validate_store,
 )
 
@@ -186,11 +186,7 @@ class InMemoryTokenStore:
         """
         _check_id("jti", jti)
         now = time.time()
-        until = (
-            _aware("expires_at", expires_at).timestamp()
-            if expires_at is not None
-            else now + self.max_lifetime_s
-        )
+        until = revocation_until(expires_at, now, self.max_lifetime_s)
         with self._lock:
             record = self._live(jti, now)
             if record is None:

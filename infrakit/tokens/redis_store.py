@@ -40,9 +40,9 @@ from infrakit.health import HealthResult
 from infrakit.tokens.base import (
     DEFAULT_MAX_LIFETIME_S,
     StoredToken,
-    _aware,
     _check_id,
     as_list,
+    revocation_until,
     validate_store,
 )
 
@@ -409,11 +409,7 @@ class RedisTokenStore:
         """
         _check_id("jti", jti)
         now = time.time()
-        until = (
-            _aware("expires_at", expires_at).timestamp()
-            if expires_at is not None
-            else now + self.max_lifetime_s
-        )
+        until = revocation_until(expires_at, now, self.max_lifetime_s)
         keep_ms = max(1000, math.ceil(until - now) * 1000)
         self.client  # noqa: B018
         changed = await self._call(

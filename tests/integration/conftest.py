@@ -8,6 +8,7 @@ service fails the test instead of skipping it, so CI cannot pass by skipping.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import socket
 import subprocess
@@ -70,26 +71,29 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-def pg_url(pg_admin_url: str) -> Iterator[str]:
-    """A database of this test session's own, dropped at the end."""
+@contextlib.contextmanager
+def _own_database() -> Iterator[str]:
+    """A database made for the caller, dropped afterwards whatever happens."""
     name = f"infrakit_it_{os.getpid()}_{uuid.uuid4().hex[:8]}"
     asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
     try:
         yield f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
     finally:
         asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+
+
+@pytest.fixture(scope="session")
+def pg_url(pg_admin_url: str) -> Iterator[str]:
+    """A database of this test session's own, dropped at the end."""
+    with _own_database() as url:
+        yield url
 
 
 @pytest.fixture
 def fresh_pg_url(pg_admin_url: str) -> Iterator[str]:
     """A database for one test, dropped after it."""
-    name = f"infrakit_it_{os.getpid()}_{uuid.uuid4().hex[:8]}"
-    asyncio.run(_admin(f'CREATE DATABASE "{name}"'))
-    try:
-        yield f"postgresql+asyncpg://postgres@{POSTGRES_HOST}:{POSTGRES_PORT}/{name}"
-    finally:
-        asyncio.run(_admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    with _own_database() as url:
+        yield url
 
 
 @pytest.fixture
@@ -122,15 +126,20 @@ def _start_or_fail(factory: Any, what: str) -> Any:
         pytest.skip(f"cannot start {what}: {error}")
 
 
+def _running(factory: Any, what: str) -> Iterator[Any]:
+    """Start a test-owned server for a fixture and stop it afterwards."""
+    server = _start_or_fail(factory, what)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
 @pytest.fixture(scope="session")
 def redis_cluster() -> Iterator[Any]:
     from tests.integration.redisprocs import RedisCluster
 
-    cluster = _start_or_fail(RedisCluster, "a 3-master Redis Cluster")
-    try:
-        yield cluster
-    finally:
-        cluster.stop()
+    yield from _running(RedisCluster, "a 3-master Redis Cluster")
 
 
 @pytest.fixture
@@ -145,30 +154,18 @@ def own_redis() -> Iterator[Any]:
     """A redis-server of this test's own, which the test may kill."""
     from tests.integration.redisprocs import RedisProcess
 
-    server = _start_or_fail(RedisProcess, "a test-owned redis-server")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(RedisProcess, "a test-owned redis-server")
 
 
 @pytest.fixture(scope="session")
 def redis_sentinel() -> Iterator[Any]:
     from tests.integration.redisprocs import RedisSentinel
 
-    pair = _start_or_fail(RedisSentinel, "a Redis master with a Sentinel")
-    try:
-        yield pair
-    finally:
-        pair.stop()
+    yield from _running(RedisSentinel, "a Redis master with a Sentinel")
 
 
 @pytest.fixture(scope="session")
 def redis_tls() -> Iterator[Any]:
     from tests.integration.redisprocs import RedisTLS
 
-    server = _start_or_fail(RedisTLS, "a TLS redis-server")
-    try:
-        yield server
-    finally:
-        server.stop()
+    yield from _running(RedisTLS, "a TLS redis-server")

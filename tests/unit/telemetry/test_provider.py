@@ -170,3 +170,54 @@ class TestInfraWiring:
                 pass
             assert [s.name for s in first.telemetry.finished_spans()] == ["one"]
             assert [s.name for s in second.telemetry.finished_spans()] == ["two"]
+
+
+class TestExportGuard:
+    """A dead collector is warned about once and then costs nothing."""
+
+    def test_backs_off_after_a_failure(self, caplog: pytest.LogCaptureFixture) -> None:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        from infrakit.telemetry.provider import _CollectorState, _ExportGuard
+
+        calls: list[int] = []
+
+        class Dead:
+            def export(self, batch: Any) -> Any:
+                calls.append(len(batch))
+                return SpanExportResult.FAILURE
+
+        state = _CollectorState("http://collector:4318")
+        guard = _ExportGuard(Dead(), "spans", state)
+        with caplog.at_level("WARNING", logger="infrakit.telemetry"):
+            for _ in range(5):
+                assert guard.export([1, 2]) is SpanExportResult.FAILURE
+        assert calls == [2]  # only the first batch was attempted (and serialised)
+        assert state.skipping()
+        assert len([r for r in caplog.records if "seems down" in r.getMessage()]) == 1
+        state._retry_at = 0.0  # the back-off has passed
+        assert not state.skipping()
+        guard.export([3])
+        assert calls == [2, 1]
+        assert state._backoff == 2 * _CollectorState.BACKOFF_S * 2  # doubled twice
+
+    def test_success_resets(self) -> None:
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        from infrakit.telemetry.provider import _CollectorState, _ExportGuard
+
+        class Flaky:
+            ok = False
+
+            def export(self, batch: Any) -> Any:
+                return SpanExportResult.SUCCESS if self.ok else SpanExportResult.FAILURE
+
+        exporter = Flaky()
+        state = _CollectorState("x")
+        guard = _ExportGuard(exporter, "spans", state)
+        guard.export([1])
+        exporter.ok = True
+        state._retry_at = 0.0
+        assert guard.export([1]) is SpanExportResult.SUCCESS
+        assert not state.skipping()
+        assert state._backoff == _CollectorState.BACKOFF_S
