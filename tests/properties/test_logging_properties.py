@@ -98,14 +98,19 @@ class TestProperty13:
 
     @given(key=sensitive_keys(), secret=st.text(string.ascii_letters, min_size=12, max_size=20))
     def test_rendered_json_never_holds_the_secret(self, key: str, secret: str) -> None:
-        stream = io.StringIO()
-        configure_logging("INFO", stream=stream)
-        try:
-            structlog.get_logger().info("e", nested={"list": [{key: secret}]}, **{key: secret})
-            logging.getLogger("lib").warning("s", extra={"ctx": {key: secret}})
-        finally:
-            reset_logging()
-        text = stream.getvalue()
+        def render(value: str) -> str:
+            stream = io.StringIO()
+            configure_logging("INFO", stream=stream)
+            try:
+                structlog.get_logger().info("e", nested={"list": [{key: value}]}, **{key: value})
+                logging.getLogger("lib").warning("s", extra={"ctx": {key: value}})
+            finally:
+                reset_logging()
+            return stream.getvalue()
+
+        if secret in render("PLACEHOLDER"):
+            return  # the secret is a substring of the line itself (its key, say)
+        text = render(secret)
         assert secret not in text
         assert text.count(REDACTED) == 3
 

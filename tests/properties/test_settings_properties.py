@@ -128,17 +128,18 @@ class TestSecretsNeverShow:
 
     @given(secret=secrets, bad=st.sampled_from(["pool_size: -3", "pool_size: x", "echo: maybe"]))
     def test_error_messages(self, secret: str, bad: str) -> None:
-        profile = (
-            f"database:\n  url: 'postgresql+asyncpg://app:{secret}@db/app'\n  {bad}\n"
-            f"tokens:\n  url: 'redis//:{secret}@broken'\n  pasword: '{secret}'\n"
-        )
-        with pytest.raises(ConfigError) as exc:
-            load_text(profile)
-        text = str(exc.value)
-        if secret in "postgresql+asyncpg://app:***@db/app redis//:***@broken":
-            return
-        assert secret not in text
-        assert secret not in repr(exc.value.problems)
+        def render(value: str) -> str:
+            profile = (
+                f"database:\n  url: 'postgresql+asyncpg://app:{value}@db/app'\n  {bad}\n"
+                f"tokens:\n  url: 'redis//:{value}@broken'\n  pasword: '{value}'\n"
+            )
+            with pytest.raises(ConfigError) as exc:
+                load_text(profile)
+            return str(exc.value) + repr(exc.value.problems)
+
+        if secret in render("PLACEHOLDERxyz"):
+            return  # the secret is a substring of the message itself (a key name, say)
+        assert secret not in render(secret)
 
 
 FIELDS: dict[str, st.SearchStrategy[Any]] = {
