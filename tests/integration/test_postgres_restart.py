@@ -11,7 +11,7 @@ import sqlalchemy as sa
 from infrakit.audit import SqlAuditLogger
 from infrakit.database import DatabaseSession, upgrade
 from infrakit.errors import AuditError
-from tests.integration.conftest import services_required
+from tests.integration.conftest import _start_or_fail
 from tests.integration.pgcluster import PgCluster
 
 pytestmark = pytest.mark.integration
@@ -19,13 +19,7 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def cluster() -> Iterator[PgCluster]:
-    try:
-        pg = PgCluster()
-        pg.start()
-    except (RuntimeError, OSError) as error:
-        if services_required():
-            pytest.fail(f"cannot start a test-owned PostgreSQL: {error}", pytrace=False)
-        pytest.skip(f"cannot start a test-owned PostgreSQL: {error}")
+    pg: PgCluster = _start_or_fail(PgCluster, "a test-owned PostgreSQL")
     try:
         yield pg
     finally:
