@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import inspect
+import linecache
 from collections.abc import AsyncGenerator, Callable, Generator, Iterator, Mapping
 from contextlib import contextmanager
+from types import CodeType, FunctionType
 from typing import Any, TypeVar, overload
 
 from opentelemetry import trace
@@ -122,9 +124,104 @@ def _wrap_gen(
     return gen_wrapper
 
 
+# Exact-signature wrappers for plain sync and async functions.
+#
+# A ``def wrapper(*args, **kwargs)`` costs far more than the check it guards:
+# packing a tuple and a dict, then unpacking them again. The wrappers below are
+# generated with the wrapped function's own parameter list (as dataclasses and
+# attrs generate ``__init__``), so a call with telemetry off is one global
+# read, one test and one plain call. The generated source only depends on the
+# shape of the parameter list, so it is compiled once per shape.
+
+_PREFIX = "_infrakit_"
+_TEMPLATE = (
+    "def _infrakit_factory(_infrakit_func, _infrakit_span,\n"
+    "                      _infrakit_name, _infrakit_attributes, _infrakit_record):\n"
+    "    {async_}def wrapper({params}):\n"
+    "        _infrakit_t = _infrakit_tracer  # a global: see _State.publish\n"
+    "        if _infrakit_t is None:  # telemetry off: the call, nothing else\n"
+    "            return {await_}_infrakit_func({args})\n"
+    "        with _infrakit_span(_infrakit_t, _infrakit_name,\n"
+    "                            _infrakit_attributes, _infrakit_record):\n"
+    "            return {await_}_infrakit_func({args})\n"
+    "    return wrapper\n"
+)
+
+
+def _parameters(code: CodeType) -> tuple[str, str] | None:
+    """The parameter list of a function's code and the call that forwards it.
+
+    Read from the code object, not ``inspect.signature`` (which follows
+    ``__wrapped__`` to some inner function's parameters). ``None`` when a
+    parameter name could shadow one of the generated helpers.
+    """
+    names = code.co_varnames
+    n_pos, n_kw = code.co_argcount, code.co_kwonlyargcount
+    positional, keyword_only = names[:n_pos], names[n_pos : n_pos + n_kw]
+    rest = n_pos + n_kw
+    star = names[rest] if code.co_flags & inspect.CO_VARARGS else None
+    rest += star is not None
+    double_star = names[rest] if code.co_flags & inspect.CO_VARKEYWORDS else None
+    every = (*positional, *keyword_only, star or "", double_star or "")
+    if any(name.startswith(_PREFIX) for name in every):
+        return None
+    params = list(positional)
+    if code.co_posonlyargcount:
+        params.insert(code.co_posonlyargcount, "/")
+    if star is not None:
+        params.append(f"*{star}")
+    elif keyword_only:
+        params.append("*")
+    params.extend(keyword_only)
+    args = list(positional)
+    if star is not None:
+        args.append(f"*{star}")
+    args.extend(f"{name}={name}" for name in keyword_only)
+    if double_star is not None:
+        params.append(f"**{double_star}")
+        args.append(f"**{double_star}")
+    return ", ".join(params), ", ".join(args)
+
+
+@functools.lru_cache(maxsize=256)
+def _factory(kind: str, params: str, args: str) -> Callable[..., Any]:
+    prefix = "async " if kind == "async" else ""
+    source = _TEMPLATE.format(async_=prefix, await_=prefix and "await ", params=params, args=args)
+    filename = f"<infrakit @traced {kind} wrapper ({params})>"
+    local: dict[str, Any] = {}
+    # Globals shared by every generated wrapper: the tracer is published there.
+    exec(compile(source, filename, "exec"), _state.namespace, local)  # noqa: S102 - built from identifiers
+    # Tracebacks through the wrapper show its source, as attrs does for its methods.
+    linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+    factory: Callable[..., Any] = local["_infrakit_factory"]
+    return factory
+
+
+def _wrap_exact(
+    kind: str,
+    func: Callable[..., Any],
+    name: str,
+    attributes: Mapping[str, Any] | None,
+    record: bool,
+) -> Any:
+    """The generated wrapper for a plain function, or ``None`` for anything else."""
+    if not isinstance(func, FunctionType):
+        return None
+    shape = _parameters(func.__code__)
+    if shape is None:
+        return None
+    wrapper = _factory(kind, *shape)(func, _span, name, attributes, record)
+    wrapper.__defaults__ = func.__defaults__
+    wrapper.__kwdefaults__ = dict(func.__kwdefaults__) if func.__kwdefaults__ else None
+    return functools.wraps(func)(wrapper)
+
+
 def _wrap_coro(
     func: Callable[..., Any], name: str, attributes: Mapping[str, Any] | None, record: bool
 ) -> Any:
+    exact = _wrap_exact("async", func, name, attributes, record)
+    if exact is not None:
+        return exact
     state = _state
 
     @functools.wraps(func)
@@ -141,7 +238,10 @@ def _wrap_coro(
 def _wrap_sync(
     func: Callable[..., Any], name: str, attributes: Mapping[str, Any] | None, record: bool
 ) -> Any:
-    state = _state
+    exact = _wrap_exact("sync", func, name, attributes, record)
+    if exact is not None:
+        return exact
+    state = _state  # any other callable: a callable object, a partial, a builtin
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:

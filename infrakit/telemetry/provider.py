@@ -474,7 +474,7 @@ def _refresh(provider: TelemetryProvider) -> None:
     """Keep what ``@traced`` reads in step with the default provider's state."""
     with _global_lock:
         if _current is provider:
-            _state.tracer = provider.tracer if provider.enabled and provider.initialized else None
+            _state.publish(provider.tracer if provider.enabled and provider.initialized else None)
 
 
 def get_telemetry() -> TelemetryProvider | None:
@@ -488,7 +488,7 @@ def set_telemetry(provider: TelemetryProvider | None) -> TelemetryProvider | Non
     with _global_lock:
         previous, _current = _current, provider
         on = provider is not None and provider.enabled and provider.initialized
-        _state.tracer = provider.tracer if on and provider is not None else None
+        _state.publish(provider.tracer if on and provider is not None else None)
         _state.provider = provider
         return previous
 
@@ -499,13 +499,23 @@ def reset_telemetry() -> None:
 
 
 class _State:
-    """What ``@traced`` reads on every call: one attribute, no lock."""
+    """What ``@traced`` reads on every call: one attribute or one global, no lock.
 
-    __slots__ = ("provider", "tracer")
+    ``tracer`` is ``None`` while telemetry is off. The wrappers ``@traced``
+    generates read it as the global ``_infrakit_tracer`` of ``namespace``
+    (their globals), the cheapest read there is; others read the attribute.
+    """
+
+    __slots__ = ("namespace", "provider", "tracer")
 
     def __init__(self) -> None:
         self.tracer: trace.Tracer | None = None
         self.provider: TelemetryProvider | None = None
+        self.namespace: dict[str, Any] = {"_infrakit_tracer": None}
+
+    def publish(self, tracer: trace.Tracer | None) -> None:
+        self.tracer = tracer
+        self.namespace["_infrakit_tracer"] = tracer
 
 
 _state = _State()

@@ -103,6 +103,73 @@ class TestProperty12:
         assert span.name == (name or func.__qualname__)
         provider.shutdown()
 
+    @given(shape=st.data(), is_async=st.booleans(), on=st.booleans())
+    def test_any_parameter_list_is_forwarded_unchanged(
+        self, shape: st.DataObject, is_async: bool, on: bool
+    ) -> None:
+        """``@traced`` generates its wrapper from the function's own parameter
+        list; whatever that list and whatever the call, the wrapped function
+        answers exactly as the bare one (same values, same TypeError)."""
+        source, names = shape.draw(parameter_lists(), label="parameters")
+        keyword = "async def" if is_async else "def"
+        namespace: dict[str, Any] = {}
+        exec(f"{keyword} f({source}):\n    return locals()", namespace)
+        func = namespace["f"]
+        func.__defaults__ = tuple(object() for _ in func.__defaults__ or ())
+        func.__kwdefaults__ = {k: object() for k in func.__kwdefaults__ or {}}
+        provider = memory() if on else None
+        if not on:
+            set_telemetry(None)
+        wrapped = traced(func)
+        assert inspect.signature(wrapped) == inspect.signature(func)
+        assert inspect.iscoroutinefunction(wrapped) is is_async
+        candidates = [*names, "zz", *(f"{n}x" for n in names)]
+        args = shape.draw(st.lists(st.integers(), max_size=len(names) + 2), label="args")
+        kwargs = shape.draw(
+            st.dictionaries(st.sampled_from(candidates), st.integers(), max_size=4),
+            label="kwargs",
+        )
+
+        def outcome(target: Any) -> Any:
+            try:
+                result = target(*args, **kwargs)
+                return asyncio.run(result) if is_async else result
+            except TypeError as error:
+                return ("TypeError", str(error))
+
+        assert outcome(wrapped) == outcome(func)
+        if provider is not None:
+            provider.shutdown()
+
+
+@st.composite
+def parameter_lists(draw: st.DrawFn) -> tuple[str, list[str]]:
+    """A random Python parameter list: positional-only, regular (some with
+    defaults), ``*args`` or a bare ``*``, keyword-only (some with defaults),
+    ``**kwargs``; returns its source and its names."""
+    names = iter(f"p{i}" for i in range(20))
+    posonly = [next(names) for _ in range(draw(st.integers(0, 2)))]
+    regular = [next(names) for _ in range(draw(st.integers(0, 3)))]
+    defaults = draw(st.integers(0, len(posonly) + len(regular)))
+    positional = [*posonly, *regular]
+    rendered = [
+        f"{n}=None" if i >= len(positional) - defaults else n for i, n in enumerate(positional)
+    ]
+    if posonly:
+        rendered.insert(len(posonly), "/")
+    star = "args" if draw(st.booleans()) else None
+    kwonly = [next(names) for _ in range(draw(st.integers(0, 2)))]
+    if star:
+        rendered.append(f"*{star}")
+    elif kwonly:
+        rendered.append("*")
+    rendered += [f"{n}=None" if draw(st.booleans()) else n for n in kwonly]
+    double_star = "kwargs" if draw(st.booleans()) else None
+    if double_star:
+        rendered.append(f"**{double_star}")
+    every = [*positional, *kwonly, *(x for x in (star, double_star) if x)]
+    return ", ".join(rendered), every
+
 
 paths = st.text(alphabet=string.ascii_lowercase + "/-_.", min_size=0, max_size=20).map(
     lambda s: "/" + s

@@ -1,14 +1,17 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import inspect
+import traceback
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
 from opentelemetry import trace
 from opentelemetry.trace import StatusCode
 
-from infrakit.telemetry import TelemetryProvider, traced
+from infrakit.settings.models import TelemetrySettings
+from infrakit.telemetry import TelemetryProvider, set_telemetry, traced
 
 
 class TestKinds:
@@ -127,3 +130,82 @@ class TestErrors:
     def test_bad_names(self, bad: object) -> None:
         with pytest.raises(ValueError, match="non-empty string"):
             traced(bad)  # type: ignore[call-overload]
+
+
+class TestWrappers:
+    """Plain functions get a wrapper with their own parameter list; anything
+    else callable gets the general one. Both follow the default provider."""
+
+    def test_decorated_before_telemetry_starts(self) -> None:
+        @traced
+        def ping(x: int) -> int:
+            return x
+
+        set_telemetry(None)
+        assert ping(1) == 1
+        provider = TelemetryProvider(TelemetrySettings(exporter="memory"))
+        provider.initialize()
+        set_telemetry(provider)
+        try:
+            assert ping(2) == 2
+            assert [s.name for s in provider.finished_spans()] == [ping.__qualname__]
+            set_telemetry(None)
+            assert ping(3) == 3
+            assert len(provider.finished_spans()) == 1  # off again: no span
+        finally:
+            provider.shutdown()
+
+    def test_shutdown_of_the_default_provider_turns_spans_off(self) -> None:
+        @traced
+        def ping() -> None:
+            return None
+
+        provider = TelemetryProvider(TelemetrySettings(exporter="memory"))
+        provider.initialize()
+        set_telemetry(provider)
+        ping()
+        provider.shutdown()
+        ping()  # must not reach the shut-down tracer
+        assert len(provider.finished_spans()) == 1
+        set_telemetry(None)
+
+    def test_method(self, memory_telemetry: TelemetryProvider) -> None:
+        class Repo:
+            factor = 3
+
+            @traced
+            def scale(self, x: int, *, twice: bool = False) -> int:
+                return x * self.factor * (2 if twice else 1)
+
+        assert Repo().scale(2, twice=True) == 12
+        assert memory_telemetry.finished_spans()[0].name.endswith("Repo.scale")
+
+    def test_callable_object_and_partial(self, memory_telemetry: TelemetryProvider) -> None:
+        class Adder:
+            def __call__(self, a: int, b: int) -> int:
+                return a + b
+
+        add = traced("add")(Adder())
+        add_one = traced("add_one")(functools.partial(Adder(), 1))
+        assert (add(1, b=2), add_one(b=5)) == (3, 6)
+        assert [s.name for s in memory_telemetry.finished_spans()] == ["add", "add_one"]
+
+    def test_parameter_named_like_a_helper(self, memory_telemetry: TelemetryProvider) -> None:
+        @traced
+        def odd(_infrakit_func: int, _infrakit_tracer: int = 2) -> int:
+            return _infrakit_func + _infrakit_tracer
+
+        assert odd(1) == 3
+        assert odd(_infrakit_func=1, _infrakit_tracer=1) == 2
+        assert len(memory_telemetry.finished_spans()) == 2
+
+    def test_traceback_shows_the_wrapper_line(self) -> None:
+        @traced
+        def boom(x: int) -> None:
+            raise ValueError(x)
+
+        with pytest.raises(ValueError, match="1") as caught:
+            boom(1)
+        rendered = "".join(traceback.format_exception(caught.value))
+        assert "@traced sync wrapper (x)" in rendered
+        assert "return _infrakit_func(x)" in rendered  # the source is in linecache
