@@ -124,14 +124,15 @@ def _wrap_gen(
     return gen_wrapper
 
 
-# Exact-signature wrappers for plain sync and async functions.
+# Wrappers of sync and async callables, generated with the parameter list of
+# the function they wrap.
 #
 # A ``def wrapper(*args, **kwargs)`` costs far more than the check it guards:
-# packing a tuple and a dict, then unpacking them again. The wrappers below are
-# generated with the wrapped function's own parameter list (as dataclasses and
-# attrs generate ``__init__``), so a call with telemetry off is one global
-# read, one test and one plain call. The generated source only depends on the
-# shape of the parameter list, so it is compiled once per shape.
+# packing a tuple and a dict, then unpacking them again. Generated with the
+# function's own parameter list (as dataclasses and attrs generate
+# ``__init__``), a call with telemetry off is one global read, one test and
+# one plain call. The source only depends on the shape of the parameter
+# list, so it is compiled once per shape.
 
 _PREFIX = "_infrakit_"
 _TEMPLATE = (
@@ -197,61 +198,25 @@ def _factory(kind: str, params: str, args: str) -> Callable[..., Any]:
     return factory
 
 
-def _wrap_exact(
+_ANY = ("*args, **kwargs", "*args, **kwargs")  # for callables without a parameter list of their own
+
+
+def _wrap_call(
     kind: str,
     func: Callable[..., Any],
     name: str,
     attributes: Mapping[str, Any] | None,
     record: bool,
 ) -> Any:
-    """The generated wrapper for a plain function, or ``None`` for anything else."""
-    if not isinstance(func, FunctionType):
-        return None
-    shape = _parameters(func.__code__)
-    if shape is None:
-        return None
-    wrapper = _factory(kind, *shape)(func, _span, name, attributes, record)
-    wrapper.__defaults__ = func.__defaults__
-    wrapper.__kwdefaults__ = dict(func.__kwdefaults__) if func.__kwdefaults__ else None
+    """The wrapper of a sync or async callable: with the function's own
+    parameter list for a plain function, ``*args, **kwargs`` for anything
+    else (a callable object, a partial, a builtin)."""
+    exact = _parameters(func.__code__) if isinstance(func, FunctionType) else None
+    wrapper = _factory(kind, *(exact or _ANY))(func, _span, name, attributes, record)
+    if exact is not None:
+        wrapper.__defaults__ = func.__defaults__
+        wrapper.__kwdefaults__ = dict(func.__kwdefaults__) if func.__kwdefaults__ else None
     return functools.wraps(func)(wrapper)
-
-
-def _wrap_coro(
-    func: Callable[..., Any], name: str, attributes: Mapping[str, Any] | None, record: bool
-) -> Any:
-    exact = _wrap_exact("async", func, name, attributes, record)
-    if exact is not None:
-        return exact
-    state = _state
-
-    @functools.wraps(func)
-    async def async_wrapper(*args: Any, **kwargs: Any) -> Any:
-        tracer = state.tracer
-        if tracer is None:
-            return await func(*args, **kwargs)
-        with _span(tracer, name, attributes, record):
-            return await func(*args, **kwargs)
-
-    return async_wrapper
-
-
-def _wrap_sync(
-    func: Callable[..., Any], name: str, attributes: Mapping[str, Any] | None, record: bool
-) -> Any:
-    exact = _wrap_exact("sync", func, name, attributes, record)
-    if exact is not None:
-        return exact
-    state = _state  # any other callable: a callable object, a partial, a builtin
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        tracer = state.tracer
-        if tracer is None:  # telemetry off: one attribute read, then the call
-            return func(*args, **kwargs)
-        with _span(tracer, name, attributes, record):
-            return func(*args, **kwargs)
-
-    return wrapper
 
 
 def _wrap(
@@ -259,11 +224,10 @@ def _wrap(
 ) -> Any:
     if inspect.isasyncgenfunction(func):
         return _wrap_async_gen(func, name, attributes, record)
-    if inspect.iscoroutinefunction(func):
-        return _wrap_coro(func, name, attributes, record)
     if inspect.isgeneratorfunction(func):
         return _wrap_gen(func, name, attributes, record)
-    return _wrap_sync(func, name, attributes, record)
+    kind = "async" if inspect.iscoroutinefunction(func) else "sync"
+    return _wrap_call(kind, func, name, attributes, record)
 
 
 @overload

@@ -503,7 +503,8 @@ class _State:
 
     ``tracer`` is ``None`` while telemetry is off. The wrappers ``@traced``
     generates read it as the global ``_infrakit_tracer`` of ``namespace``
-    (their globals), the cheapest read there is; others read the attribute.
+    (their globals), the cheapest read there is; generator wrappers read
+    the attribute.
     """
 
     __slots__ = ("namespace", "provider", "tracer")
