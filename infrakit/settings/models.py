@@ -110,7 +110,19 @@ class TokensSettings(_Section):
         "and per-user cutoffs are kept this long.",
     )
     socket_timeout_s: float = Field(
-        0.5, gt=0, allow_inf_nan=False, description="Redis socket timeout in seconds."
+        0.5,
+        gt=0,
+        lt=60,
+        allow_inf_nan=False,
+        description="Redis timeout in seconds for one command on an open connection.",
+    )
+    connect_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        lt=300,
+        allow_inf_nan=False,
+        description="Redis timeout in seconds for opening a connection, TLS handshake "
+        "included (a burst of new TLS connections is slow, not an outage).",
     )
     on_backend_error: Literal["fail_closed", "fail_open"] = Field(
         "fail_closed",

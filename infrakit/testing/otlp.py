@@ -71,11 +71,16 @@ class OtlpReceiver:
     """Collects spans and metric names sent over OTLP/HTTP and OTLP/gRPC."""
 
     def __init__(self, *, grpc: bool = True, hang: bool = False) -> None:
+        """``hang=True``: accept each OTLP/HTTP export and hold it unanswered until
+        :meth:`release` (then answer it normally) or :meth:`stop` (then drop it)."""
         self._lock = threading.Lock()
         self.spans: list[ReceivedSpan] = []
         self.metric_names: list[str] = []
         self.requests = 0
+        #: export requests a hanging receiver has accepted and holds unanswered
+        self.held = 0
         self._hang = threading.Event() if hang else None
+        self._stopping = False
         self._want_grpc = grpc
         self._http: ThreadingHTTPServer | None = None
         self._grpc: Any = None
@@ -133,9 +138,12 @@ class OtlpReceiver:
             def do_POST(self) -> None:
                 length = int(self.headers.get("content-length", "0"))
                 body = self.rfile.read(length)
-                if receiver._hang is not None:
-                    receiver._hang.wait(30)  # accept, never answer (until stopped)
-                    return
+                if receiver._hang is not None and not receiver._hang.is_set():
+                    with receiver._lock:
+                        receiver.held += 1
+                    receiver._hang.wait()  # accept, answer nothing until released
+                    if receiver._stopping:
+                        return
                 if self.headers.get("content-encoding") == "gzip":
                     body = gzip.decompress(body)
                 if self.path == "/v1/traces":
@@ -197,7 +205,13 @@ class OtlpReceiver:
             self._start_grpc()
         return self
 
+    def release(self) -> None:
+        """Answer the held exports, and every later one, normally."""
+        if self._hang is not None:
+            self._hang.set()
+
     def stop(self) -> None:
+        self._stopping = True
         if self._hang is not None:
             self._hang.set()
         if self._http is not None:
@@ -222,11 +236,20 @@ class OtlpReceiver:
 
     def wait_for_spans(self, count: int, timeout_s: float = 10.0) -> list[ReceivedSpan]:
         """Spans received so far, once at least ``count`` arrived (or the timeout)."""
+        self._wait_until(lambda: len(self.spans) >= count, timeout_s)
+        with self._lock:
+            return list(self.spans)
+
+    def wait_for_held(self, count: int = 1, timeout_s: float = 30.0) -> int:
+        """Requests a hanging receiver holds, once at least ``count`` (or the timeout)."""
+        self._wait_until(lambda: self.held >= count, timeout_s)
+        with self._lock:
+            return self.held
+
+    def _wait_until(self, condition: Any, timeout_s: float) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
             with self._lock:
-                if len(self.spans) >= count:
-                    return list(self.spans)
+                if condition():
+                    return
             time.sleep(0.02)
-        with self._lock:
-            return list(self.spans)

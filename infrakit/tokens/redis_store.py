@@ -20,6 +20,17 @@ token revoked, leaving a marker for a token whose write is still in flight.
 Whichever order the two land in, a token stored concurrently with a
 revoke-all ends up revoked: either the revoke-all saw it in the set, or the
 store saw a cutoff at or after its creation time.
+
+Timeouts: ``connect_timeout_s`` bounds opening a connection (TCP connect and,
+for ``rediss://``, the TLS handshake), ``socket_timeout_s`` bounds each command
+on an open one. They are separate because a burst of new TLS connections on a
+busy host is slow to open but not an outage.
+
+Cancellation: a cancelled call always ends with ``CancelledError``. redis-py
+writes under ``asyncio.wait_for``, which on Python 3.11 returns normally when
+the cancellation lands just as the write completes; the store notices the
+pending cancellation when the round trip returns and raises it then, so a
+cancelled task can never carry on as if nothing happened.
 """
 
 from __future__ import annotations
@@ -52,6 +63,8 @@ if TYPE_CHECKING:
 __all__ = ["RedisTokenStore"]
 
 _log = logging.getLogger("infrakit.tokens")
+DEFAULT_SOCKET_TIMEOUT_S = 0.5
+DEFAULT_CONNECT_TIMEOUT_S = 5.0
 T = TypeVar("T")
 OnError = Literal["fail_closed", "fail_open"]
 
@@ -132,6 +145,18 @@ return 0
 _MARK_BATCH = 64
 
 
+def _cancel_requests() -> int:
+    """Cancellations requested of the running task and not yet taken back."""
+    task = asyncio.current_task()
+    return task.cancelling() if task is not None else 0
+
+
+def _honour_cancel(before: int) -> None:
+    """Raise the cancellation that redis-py swallowed, if one arrived since ``before``."""
+    if _cancel_requests() > before:
+        raise asyncio.CancelledError
+
+
 def _micros(value: datetime) -> int:
     return int(value.timestamp() * 1_000_000)
 
@@ -185,7 +210,8 @@ class RedisTokenStore:
         url: str,
         *,
         key_prefix: str = "infrakit:tok:",
-        socket_timeout_s: float = 0.5,
+        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
+        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
         on_backend_error: OnError = "fail_closed",
         cluster: bool = False,
         max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
@@ -211,6 +237,10 @@ class RedisTokenStore:
             )
         if not isinstance(socket_timeout_s, int | float) or not 0 < socket_timeout_s < 60:
             raise ValueError(f"socket_timeout_s must be between 0 and 60, got {socket_timeout_s!r}")
+        if not isinstance(connect_timeout_s, int | float) or not 0 < connect_timeout_s < 300:
+            raise ValueError(
+                f"connect_timeout_s must be between 0 and 300, got {connect_timeout_s!r}"
+            )
         if on_backend_error not in ("fail_closed", "fail_open"):
             raise ValueError(
                 f"on_backend_error must be 'fail_closed' or 'fail_open', got {on_backend_error!r}"
@@ -219,6 +249,7 @@ class RedisTokenStore:
         self.url = mask_url(url)
         self.prefix = key_prefix
         self.socket_timeout_s = float(socket_timeout_s)
+        self.connect_timeout_s = float(connect_timeout_s)
         self.on_backend_error: OnError = on_backend_error
         self.cluster = cluster
         self.max_lifetime_s = float(max_lifetime_s)
@@ -240,7 +271,7 @@ class RedisTokenStore:
 
         options: dict[str, Any] = {
             "socket_timeout": self.socket_timeout_s,
-            "socket_connect_timeout": self.socket_timeout_s,
+            "socket_connect_timeout": self.connect_timeout_s,
             "decode_responses": True,
         }
         if self.cluster:
@@ -248,14 +279,19 @@ class RedisTokenStore:
 
             return RedisCluster.from_url(self._url, **options)
         # Fail fast: one attempt per call, so a dead server is reported within
-        # socket_timeout_s rather than after a series of retries.
+        # one timeout rather than after a series of retries.
         options["retry"] = Retry(NoBackoff(), 0)
         if self._url.lower().startswith("redis+sentinel://"):
             from redis.asyncio.sentinel import Sentinel
 
             hosts, service, db, auth = _parse_sentinel(self._url)
             sentinel = self._sentinel = Sentinel(  # type: ignore[no-untyped-call]
-                hosts, sentinel_kwargs={"socket_timeout": self.socket_timeout_s}, **options
+                hosts,
+                sentinel_kwargs={
+                    "socket_timeout": self.socket_timeout_s,
+                    "socket_connect_timeout": self.connect_timeout_s,
+                },
+                **options,
             )
             return sentinel.master_for(service, db=db, **{k: v for k, v in auth.items() if v})
         return redis.Redis.from_url(self._url, **options)
@@ -314,10 +350,14 @@ class RedisTokenStore:
     async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         from redis.exceptions import RedisError
 
+        cancels = _cancel_requests()
         try:
             result = await operation()
         except (RedisError, OSError, TimeoutError) as error:
+            # a connection torn down by the cancellation is not an outage
+            _honour_cancel(cancels)
             raise self._error(what, error) from error
+        _honour_cancel(cancels)
         if self._degraded:
             self._degraded = False
             _log.warning("infrakit.tokens: Redis at %s answers again", self.url)
@@ -448,10 +488,10 @@ class RedisTokenStore:
         client = self.client
 
         async def check() -> list[bool]:
-            pipe = client.pipeline(transaction=False)
-            for key in keys:
-                pipe.hget(key, "r")
-            return [value == "1" for value in await pipe.execute()]
+            async with client.pipeline(transaction=False) as pipe:
+                for key in keys:
+                    pipe.hget(key, "r")
+                return [value == "1" for value in await pipe.execute()]
 
         try:
             return await self._call("checking tokens", check)
@@ -464,6 +504,7 @@ class RedisTokenStore:
         _check_id("user_id", user_id)
         now = time.time()
         self.client  # noqa: B018
+        cancels = _cancel_requests()
 
         async def revoke_all() -> int:
             ttl_ms, members = await self._scripts["revoke_all"](
@@ -474,6 +515,7 @@ class RedisTokenStore:
             revoked = 0
             mark = self._scripts["mark"]
             for start in range(0, len(members), _MARK_BATCH):
+                _honour_cancel(cancels)  # stop between batches, not after the last one
                 batch = members[start : start + _MARK_BATCH]
                 if self.cluster:
                     # redis-py's cluster pipeline refuses scripts; the token keys
@@ -482,12 +524,12 @@ class RedisTokenStore:
                         *(mark(keys=[self.token_key(j)], args=[user_id, marker_ttl]) for j in batch)
                     )
                 else:  # one pipelined round trip per batch
-                    pipe = self.client.pipeline(transaction=False)
-                    for jti in batch:
-                        await mark(
-                            keys=[self.token_key(jti)], args=[user_id, marker_ttl], client=pipe
-                        )
-                    results = await pipe.execute()
+                    async with self.client.pipeline(transaction=False) as pipe:
+                        for jti in batch:
+                            await mark(
+                                keys=[self.token_key(jti)], args=[user_id, marker_ttl], client=pipe
+                            )
+                        results = await pipe.execute()
                 revoked += sum(int(r) for r in results)
             return revoked
 
@@ -512,10 +554,11 @@ class RedisTokenStore:
             total = 0
             keys: list[str] = [key async for key in client.scan_iter(match=pattern, count=1000)]
             for start in range(0, len(keys), 1000):
-                pipe = client.pipeline(transaction=False)
-                for key in keys[start : start + 1000]:
-                    pipe.hmget(key, ("m", "e"))
-                for marker, expires in await pipe.execute():
+                async with client.pipeline(transaction=False) as pipe:
+                    for key in keys[start : start + 1000]:
+                        pipe.hmget(key, ("m", "e"))
+                    rows = await pipe.execute()
+                for marker, expires in rows:
                     if marker is None and expires is not None and int(expires) > now_us:
                         total += 1
             return total
@@ -539,6 +582,7 @@ def build(settings: InfraSettings) -> RedisTokenStore:
         tokens.url.get_secret_value(),
         key_prefix=tokens.key_prefix,
         socket_timeout_s=tokens.socket_timeout_s,
+        connect_timeout_s=tokens.connect_timeout_s,
         on_backend_error=tokens.on_backend_error,
         cluster=tokens.cluster,
         max_lifetime_s=tokens.max_lifetime_s,

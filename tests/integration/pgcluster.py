@@ -1,9 +1,9 @@
 """A throw-away PostgreSQL cluster on a loopback port, owned by one test.
 
-Started with the machine's own PostgreSQL binaries (``initdb``/``pg_ctl``),
-as the ``postgres`` user when the tests run as root, and stopped by the
-test, so a test can restart "the database" without touching the shared
-server on 5432.
+Started with the machine's own PostgreSQL binaries (``initdb``, then
+``postgres`` in the foreground as a child that dies with the test run), as
+the ``postgres`` user when the tests run as root, and stopped by PID, so a
+test can restart "the database" without touching the shared server on 5432.
 """
 
 from __future__ import annotations
@@ -11,10 +11,15 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
+
+from tests.integration.children import spawn
+from tests.integration.children import stop as stop_child
 
 
 def _bin_dir() -> Path | None:
@@ -37,45 +42,52 @@ class PgCluster:
     def __init__(self) -> None:
         bin_dir = _bin_dir()
         if bin_dir is None:
-            raise RuntimeError("PostgreSQL server binaries (initdb, pg_ctl) not found")
+            raise RuntimeError("PostgreSQL server binaries (initdb, postgres) not found")
         self.bin = bin_dir
         self.port = free_port()
         self.root = Path(tempfile.mkdtemp(prefix="infrakit-pg-"))
         self.data = self.root / "data"
-        self._as_postgres = os.geteuid() == 0
-        if self._as_postgres:
-            shutil.chown(self.root, "postgres", "postgres")
-        self._run("initdb", "-D", str(self.data), "-A", "trust", "-U", "postgres", "--no-sync")
+        self.process: subprocess.Popen[bytes] | None = None
+        self._user = "postgres" if os.geteuid() == 0 else None
+        if self._user:
+            shutil.chown(self.root, self._user, self._user)
+        cmd = [str(self.bin / "initdb"), "-D", str(self.data), "-A", "trust", "-U", "postgres"]
+        if self._user:
+            cmd = ["runuser", "-u", self._user, "--", *cmd]
+        subprocess.run([*cmd, "--no-sync"], check=True, capture_output=True, timeout=120)
 
     @property
     def url(self) -> str:
         return f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
 
-    def _run(self, tool: str, *args: str) -> None:
-        cmd = [str(self.bin / tool), *args]
-        if self._as_postgres:
-            cmd = ["runuser", "-u", "postgres", "--", *cmd]
-        subprocess.run(cmd, check=True, capture_output=True, timeout=120)
-
     def start(self) -> PgCluster:
-        options = f"-p {self.port} -k {self.root} -c listen_addresses=127.0.0.1 -c fsync=off"
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-o",
-            options,
-            "-l",
-            str(self.root / "log"),
-            "-w",
-            "start",
-        )
-        return self
+        self.process = spawn(
+            [
+                str(self.bin / "postgres"), "-D", str(self.data), "-p", str(self.port),
+                "-k", str(self.root), "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off",
+            ],
+            user=self._user,
+            log=self.root / "log",
+        )  # fmt: skip
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                log = (self.root / "log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"the test PostgreSQL exited at start:\n{log}")
+            with (
+                contextlib.suppress(OSError),
+                socket.create_connection(("127.0.0.1", self.port), 0.2),
+            ):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise RuntimeError("the test PostgreSQL did not accept connections within 120 s")
 
     def stop(self) -> None:
-        self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
+        """A fast shutdown (SIGINT), waited for."""
+        stop_child(self.process, signal.SIGINT)
+        self.process = None
 
     def destroy(self) -> None:
-        with contextlib.suppress(subprocess.CalledProcessError):  # already stopped
-            self.stop()
+        self.stop()
         shutil.rmtree(self.root, ignore_errors=True)

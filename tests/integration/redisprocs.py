@@ -7,15 +7,16 @@ PID: a plain server, a 3-master cluster, and a Sentinel watching a server.
 from __future__ import annotations
 
 import contextlib
-import os
 import random
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
+
+from tests.integration.children import spawn
+from tests.integration.children import stop as stop_child
 
 
 def _bindable(port: int) -> bool:
@@ -80,14 +81,16 @@ class RedisProcess:
             "--port", plain_port, "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--dir", str(self.dir), *self.args,
         ]  # fmt: skip
-        self.process = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        _wait(self.port)
+        self.process = spawn(cmd)
+        try:
+            _wait(self.port)
+        except RuntimeError:
+            self.kill()
+            raise
         return self
 
     def kill(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            os.kill(self.process.pid, signal.SIGKILL)
-            self.process.wait(5)
+        stop_child(self.process)
         self.process = None
 
     def stop(self) -> None:
@@ -109,6 +112,13 @@ class RedisCluster:
         ]
 
     def start(self) -> RedisCluster:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisCluster:
         for node in self.nodes:
             node.args += ["--cluster-config-file", str(node.dir / "nodes.conf")]
             node.start()
@@ -152,6 +162,13 @@ class RedisSentinel:
         self.sentinel: RedisProcess | None = None
 
     def start(self) -> RedisSentinel:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisSentinel:
         self.master.start()
         config = (
             f"sentinel monitor infrakit 127.0.0.1 {self.master.port} 1\n"
@@ -185,6 +202,13 @@ class RedisTLS:
         subprocess.run([openssl, *args], check=True, capture_output=True, cwd=self.dir, timeout=60)
 
     def start(self) -> RedisTLS:
+        try:
+            return self._start()
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self) -> RedisTLS:
         self._openssl(
             "req",
             "-x509",

@@ -159,10 +159,16 @@ class TestManyProcessesOneChain:
     async def test_eight_processes(self, pg: DatabaseSession, pg_url: str) -> None:
         context = multiprocessing.get_context("spawn")
         processes = [context.Process(target=_writer, args=(pg_url, w, 500)) for w in range(8)]
-        for p in processes:
-            p.start()
-        for p in processes:
-            await asyncio.to_thread(p.join, 300)
+        try:
+            for p in processes:
+                p.start()
+            for p in processes:
+                await asyncio.to_thread(p.join, 240)
+        finally:
+            for p in processes:
+                if p.is_alive():
+                    p.kill()
+                    p.join(10)
         assert [p.exitcode for p in processes] == [0] * 8
         audit = SqlAuditLogger(pg)
         assert await audit.count() == 4000

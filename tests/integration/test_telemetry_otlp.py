@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import statistics
-import time
 import tracemalloc
 from collections.abc import Iterator
 from typing import Any
@@ -104,75 +102,85 @@ class TestExportToReceiver:
             ServiceSettings(name="gz"),
         )
         provider.initialize()
-        with provider.tracer.start_as_current_span("zipped"):
-            pass
-        provider.shutdown()
+        try:
+            with provider.tracer.start_as_current_span("zipped"):
+                pass
+        finally:
+            provider.shutdown()
         assert [s.name for s in receiver.wait_for_spans(1)] == ["zipped"]
 
 
 def _provider(endpoint: str, **kwargs: Any) -> TelemetryProvider:
     provider = TelemetryProvider(
-        TelemetrySettings(
-            exporter="otlp", endpoint=endpoint, timeout_s=1.0, max_queue_size=256, **kwargs
-        ),
+        TelemetrySettings(exporter="otlp", endpoint=endpoint, max_queue_size=256, **kwargs),
         ServiceSettings(name="rel"),
     )
     provider.initialize()
     return provider
 
 
-async def _latencies(app: Any, n: int) -> list[float]:
-    out = []
+async def _ok_requests(app: Any, n: int) -> int:
+    """Send ``n`` requests one after another; how many were answered 200."""
+    ok = 0
     async with client(app) as c:
         for i in range(n):
-            start = time.perf_counter()
-            response = await c.get(f"/hello/{i}")
-            out.append(time.perf_counter() - start)
-            assert response.status_code == 200
-    return out
-
-
-def _p99(values: list[float]) -> float:
-    return sorted(values)[int(len(values) * 0.99) - 1]
+            ok += (await c.get(f"/hello/{i}")).status_code == 200
+    return ok
 
 
 class TestCollectorTrouble:
-    """A collector that is down or hangs never slows or breaks requests."""
+    """A collector that is down or hangs never blocks or breaks requests.
 
-    @pytest.mark.parametrize("trouble", ["down", "hanging"])
-    async def test_requests_keep_working(
-        self, trouble: str, caplog: pytest.LogCaptureFixture
+    Asserted structurally (what completes while the exporter is stuck), not by
+    timing; the latency cost is measured in benchmarks/bench_telemetry.py.
+    """
+
+    async def test_requests_complete_while_the_export_is_held(
+        self, caplog: pytest.LogCaptureFixture
     ) -> None:
+        hanging = OtlpReceiver(grpc=False, hang=True).start()
+        # A long export timeout: the one export the receiver holds keeps the
+        # export thread blocked for the whole test (a second one would mean
+        # it timed out and retried).
+        provider = _provider(hanging.http_endpoint, timeout_s=120.0)
+        app = app_with(provider)
+        tracemalloc.start()
+        try:
+            # a full batch (128 spans) wakes the export thread, which the receiver then holds
+            assert await _ok_requests(app, 200) == 200
+            assert await asyncio.to_thread(hanging.wait_for_held, 1) == 1
+            before = tracemalloc.get_traced_memory()[0]
+            assert await _ok_requests(app, 500) == 500
+            after = tracemalloc.get_traced_memory()[0]
+            # every request completed while that one export was still held
+            assert hanging.held == 1
+            assert hanging.requests == 0
+            # bounded: the span queue holds at most 256 spans, the rest are dropped
+            assert after - before < 2_000_000, f"memory grew by {after - before} bytes"
+            hanging.release()
+            assert await asyncio.to_thread(provider.force_flush, 30.0)
+            assert len(hanging.wait_for_spans(128)) >= 128  # the held batch got through
+        finally:
+            tracemalloc.stop()
+            hanging.release()
+            await asyncio.to_thread(provider.shutdown)
+            hanging.stop()
+
+    async def test_collector_down(self, caplog: pytest.LogCaptureFixture) -> None:
         from tests.integration.redisprocs import free_port
 
-        hanging = OtlpReceiver(grpc=False, hang=True).start() if trouble == "hanging" else None
-        endpoint = hanging.http_endpoint if hanging else f"http://127.0.0.1:{free_port()}"
-        baseline_app = app_with(None)
-        await _latencies(baseline_app, 50)  # warm up
-        provider = _provider(endpoint)
-        traced_app = app_with(provider)
+        provider = _provider(f"http://127.0.0.1:{free_port()}", timeout_s=1.0)
+        app = app_with(provider)
         try:
             with caplog.at_level(logging.WARNING):
-                tracemalloc.start()
-                base = await _latencies(baseline_app, 500)
-                ours = await _latencies(traced_app, 500)
-                await asyncio.sleep(1.5)  # let the exporter fail at least once
-                before = tracemalloc.get_traced_memory()[0]
-                await _latencies(traced_app, 500)
-                after = tracemalloc.get_traced_memory()[0]
-                tracemalloc.stop()
-            added = _p99(ours) - _p99(base)
-            assert added < 0.005, f"added p99 {added * 1000:.2f} ms"
-            # bounded: the span queue holds at most 256 spans
-            assert after - before < 2_000_000, f"memory grew by {after - before} bytes"
-            await asyncio.to_thread(provider.force_flush, 0.5)
+                assert await _ok_requests(app, 500) == 500
+                await asyncio.to_thread(provider.force_flush, 5.0)
+                assert await _ok_requests(app, 500) == 500
+                await asyncio.to_thread(provider.force_flush, 5.0)
             warnings = [r for r in caplog.records if "collector seems down" in r.getMessage()]
             assert len(warnings) == 1, [r.getMessage() for r in caplog.records]
-            assert statistics.median(ours) < 0.05
         finally:
             await asyncio.to_thread(provider.shutdown)
-            if hanging:
-                hanging.stop()
 
 
 class TestConcurrency:
@@ -184,9 +192,12 @@ class TestConcurrency:
         )
         provider.initialize()
         set_telemetry(provider)
-        async with client(app_with(provider)) as c:
-            responses = await asyncio.gather(*(c.get(f"/hello/{i}") for i in range(1000)))
-        spans = provider.finished_spans()
+        try:
+            async with client(app_with(provider)) as c:
+                responses = await asyncio.gather(*(c.get(f"/hello/{i}") for i in range(1000)))
+            spans = provider.finished_spans()
+        finally:
+            provider.shutdown()
         assert len(spans) == 1000
         assert all(s.end_time is not None for s in spans)
         by_request = {s.attributes["http.request.header.x_request_id"]: s for s in spans}
@@ -198,4 +209,3 @@ class TestConcurrency:
             assert response.headers["traceparent"].split("-")[2] == format(
                 span.context.span_id, "016x"
             )
-        provider.shutdown()
