@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 import yaml
 
 from infrakit.errors import InfrastructureError
+from infrakit.scrub import scrub_text
 from infrakit.settings.loader import load_settings
 from infrakit.settings.models import InfraSettings, flatten
 
@@ -152,7 +153,7 @@ def cmd_describe(args: argparse.Namespace) -> int:
         async with infra:
             print("components:")
             for info in infra.describe():
-                detail = f" ({info.detail})" if info.detail else ""
+                detail = f" ({scrub_text(info.detail)})" if info.detail else ""
                 print(f"  {info.component:<10} {info.backend:<11} {info.state}{detail}")
         print("stopped cleanly")
         return EXIT_OK
@@ -282,7 +283,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InfrastructureError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"infrakit: error: {exc}", file=sys.stderr)
+        print(f"infrakit: error: {scrub_text(str(exc))}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130
@@ -290,7 +291,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.verbose:
             raise
         print(
-            f"infrakit: unexpected error: {type(exc).__name__}: {exc}"
+            f"infrakit: unexpected error: {type(exc).__name__}: {scrub_text(str(exc))}"
             " (run with -v for the traceback)",
             file=sys.stderr,
         )

@@ -40,6 +40,8 @@ def _init_logging(settings: InfraSettings) -> Iterator[None]:
         development=cfg.development,
         additional_pii_patterns=cfg.redact.extra_patterns,
         replacement=cfg.redact.replacement,
+        extra_params=cfg.redact.extra_params,
+        traceback_locals=cfg.traceback_locals,
     )
     # Logging stays configured after shutdown so the last lines of the
     # application still come out; tests reset it explicitly.

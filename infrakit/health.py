@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from infrakit._secrets import mask_url
+from infrakit.scrub import scrub_text
 
 if TYPE_CHECKING:
     from infrakit.settings.models import InfraSettings
@@ -77,9 +77,9 @@ async def _one(name: str, backend: str, component: Any, timeout_s: float) -> Com
             f"no answer within {timeout_s:g} s",
         )
     except Exception as error:  # noqa: BLE001 - a check reports, it never raises
-        message = mask_url(f"{type(error).__name__}: {error}".splitlines()[0])
+        message = scrub_text(f"{type(error).__name__}: {error}".splitlines()[0])
         return ComponentHealth(name, backend, "down", (time.perf_counter() - start) * 1000, message)
-    detail = mask_url(result.error) if result.error else None
+    detail = scrub_text(result.error) if result.error else None
     status = "up" if result.ok else "down"
     return ComponentHealth(name, backend, status, round(result.latency_ms, 3), detail)
 
@@ -128,7 +128,8 @@ async def check_profile(settings: InfraSettings, *, timeout_s: float = 2.0) -> H
                 if asyncio.iscoroutine(obj):
                     obj = await obj
             except Exception as error:  # noqa: BLE001 - reported as down
-                unavailable[component] = (name, f"{type(error).__name__}: {error}".splitlines()[0])
+                reason = f"{type(error).__name__}: {error}".splitlines()[0]
+                unavailable[component] = (name, scrub_text(reason))
                 continue
             built[component] = (name, obj)
             closers.append(obj)

@@ -33,6 +33,7 @@ class ScenarioResult:
     steps: list[Step] = field(default_factory=list)
     audit_actions: list[str] = field(default_factory=list)
     health: dict[str, Any] = field(default_factory=dict)
+    public_health: dict[str, Any] = field(default_factory=dict)
 
     def status_of(self, what: str) -> int:
         return next(s.status for s in self.steps if s.what == what)
@@ -101,6 +102,12 @@ async def _drive(app: Any, port: int, echo: bool) -> ScenarioResult:
                 audit,
                 f"({len(result.audit_actions)} entries, chain {chain})",
             )
+            details = await client.get("/health/details", headers=auth2)
+            result.health = details.json()
+            states = ", ".join(
+                f"{c['component']} {c['status']}" for c in result.health["components"]
+            )
+            record("health details (signed in)", details, f"({states})")
             everywhere = await client.post("/logout-all", headers=auth2)
             record(
                 "log out everywhere",
@@ -108,11 +115,8 @@ async def _drive(app: Any, port: int, echo: bool) -> ScenarioResult:
                 f"({everywhere.json()['revoked_sessions']} sessions)",
             )
             health = await client.get("/health")
-            result.health = health.json()
-            states = ", ".join(
-                f"{c['component']} {c['status']}" for c in result.health["components"]
-            )
-            record("health", health, f"({states})")
+            result.public_health = health.json()
+            record("public health", health, f"({result.public_health})")
     finally:
         server.should_exit = True
         await serving
@@ -125,7 +129,7 @@ def main(argv: list[str]) -> int:
     profile = argv[0] if argv else None
     print(f"infrakit example service, profile {profile or '$INFRAKIT_PROFILE or local'}:")
     result = asyncio.run(run_scenario(profile))
-    expected = [401, 200, 200, 200, 401, 401, 200, 200, 200, 200]
+    expected = [401, 200, 200, 200, 401, 401, 200, 200, 200, 200, 200]
     ok = [s.status for s in result.steps] == expected
     print("scenario " + ("completed as expected" if ok else "did NOT go as expected"))
     return 0 if ok else 1

@@ -124,6 +124,19 @@ def create_app(profile: str | None = None, **load_settings_kwargs: Any) -> FastA
 
     @app.get("/health")
     async def health(request: Request) -> JSONResponse:
+        """Public: the status only. Hosts, users and database names are for
+        operators (``/health/details`` or ``infrakit check``), not the internet."""
+        report = await (await get_infra(request)).health(timeout_s=2.0)
+        return JSONResponse(
+            {"status": "up" if report.ok else "down"}, status_code=200 if report.ok else 503
+        )
+
+    @app.get("/health/details")
+    async def health_details(
+        request: Request,
+        claims: dict[str, Any] = Depends(authenticated),  # noqa: B008
+    ) -> JSONResponse:
+        """Authenticated: every component with its (masked) detail."""
         report = await (await get_infra(request)).health(timeout_s=2.0)
         return JSONResponse(report.to_dict(), status_code=200 if report.ok else 503)
 

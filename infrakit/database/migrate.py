@@ -17,6 +17,7 @@ import structlog
 from sqlalchemy import exc, text
 
 from infrakit.errors import DatabaseError
+from infrakit.scrub import scrub_text
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import Connection
@@ -83,7 +84,8 @@ async def upgrade(target: DatabaseSession | InfraSettings, revision: str = "head
             after: str | None = await conn.run_sync(_current)
     except (exc.SQLAlchemyError, OSError) as error:
         raise DatabaseError(
-            f"migrating {database.url} failed: {type(error).__name__}: {str(error).splitlines()[0]}"
+            f"migrating {database.url} failed: {type(error).__name__}: "
+            f"{scrub_text(str(error).splitlines()[0])}"
         ) from error
     finally:
         if owned:

@@ -11,9 +11,10 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl, unquote
 
 import sqlalchemy.ext.asyncio as sa_asyncio
-from sqlalchemy import event, exc, make_url, pool, text
+from sqlalchemy import event, exc, pool, text
 from sqlalchemy.engine import URL
 from sqlalchemy.ext.asyncio import (
     AsyncEngine,
@@ -21,9 +22,9 @@ from sqlalchemy.ext.asyncio import (
     async_sessionmaker,
 )
 
-from infrakit._secrets import mask_url
 from infrakit.errors import DatabaseError
 from infrakit.health import HealthResult
+from infrakit.scrub import mask_url, parse_url, scrub_text
 
 if TYPE_CHECKING:
     from infrakit.settings.models import InfraSettings
@@ -58,16 +59,16 @@ def _validated_url(database_url: object) -> URL:
             "e.g. sqlite+aiosqlite:///app.db or postgresql+asyncpg://user@host/db"
         )
     try:
-        url = make_url(database_url.strip())
+        url = _sqlalchemy_url(database_url.strip())
     except (exc.ArgumentError, ValueError) as error:
         raise ValueError(
-            f"cannot parse database_url {mask_url(database_url)!r}: {error}; "
+            f"cannot parse database_url {mask_url(database_url)!r}: {scrub_text(str(error))}; "
             "expected dialect+driver://user:password@host:port/database"
         ) from None
     name = url.drivername
     if name in _SYNC_HINTS:
         raise ValueError(
-            f"database_url {url.render_as_string(hide_password=True)!r} uses a synchronous driver; "
+            f"database_url {mask_url(database_url)!r} uses a synchronous driver; "
             f"use {_SYNC_HINTS[name]}:// instead"
         )
     module, extra = _DRIVERS.get(name, (None, None))
@@ -75,7 +76,7 @@ def _validated_url(database_url: object) -> URL:
         try:
             dialect = url.get_dialect()
         except exc.NoSuchModuleError:
-            shown = url.render_as_string(hide_password=True)
+            shown = mask_url(database_url)
             raise ValueError(
                 f"database_url {shown!r}: unknown dialect/driver {name!r}; "
                 "use sqlite+aiosqlite or postgresql+asyncpg"
@@ -88,6 +89,33 @@ def _validated_url(database_url: object) -> URL:
             f"driver {name!r} needs the {module!r} package, which is not installed: {install}"
         )
     return url
+
+
+def _sqlalchemy_url(database_url: str) -> URL:
+    """A SQLAlchemy ``URL`` object built from the kit's own parse.
+
+    Never a string for SQLAlchemy to re-parse: its grammar ends the password
+    at the first ``@``, so a password holding an unencoded ``@`` would leak its
+    tail into the host name (and into DNS, reprs and error messages), while the
+    kit masks and splits at the last ``@``.
+    """
+    parsed = parse_url(database_url)
+    query: dict[str, str | tuple[str, ...]] = {}
+    for name, value in parse_qsl(parsed.query, keep_blank_values=True):
+        previous = query.get(name)
+        if previous is None:
+            query[name] = value
+        else:
+            query[name] = (*((previous,) if isinstance(previous, str) else previous), value)
+    return URL.create(
+        drivername=parsed.scheme,
+        username=parsed.username,
+        password=parsed.password,
+        host=parsed.host,
+        port=parsed.port,
+        database=unquote(parsed.path[1:]) if len(parsed.path) > 1 else None,
+        query=query,
+    )
 
 
 def _is_memory_sqlite(url: URL) -> bool:
@@ -128,6 +156,7 @@ class DatabaseSession:
         pool_recycle_s: int = 1800,
         connect_timeout_s: float = 5.0,
         auto_migrate: bool = False,
+        echo_parameters_unsafe: bool = False,
     ) -> None:
         url = _validated_url(database_url)
         if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
@@ -144,7 +173,7 @@ class DatabaseSession:
                 f"connect_timeout_s must be a finite number > 0, got {connect_timeout_s!r}"
             )
         self._url = url
-        self._masked = url.render_as_string(hide_password=True)
+        self._masked = mask_url(database_url.strip())
         self._last_error: BaseException | None = None
         self.pool_size = pool_size
         self.max_overflow = max_overflow
@@ -159,7 +188,13 @@ class DatabaseSession:
         # sends the statements through the same processors as everything else.
         if echo:
             logging.getLogger("sqlalchemy.engine.Engine").setLevel(logging.INFO)
-        kwargs: dict[str, Any] = {"pool_pre_ping": pool_pre_ping}
+        # Bound parameters (audit details, passwords, tokens) stay out of the
+        # echoed statements and out of SQLAlchemy's error messages, unless the
+        # loudly named opt-in says otherwise.
+        kwargs: dict[str, Any] = {
+            "pool_pre_ping": pool_pre_ping,
+            "hide_parameters": not echo_parameters_unsafe,
+        }
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": self.connect_timeout_s, "check_same_thread": False}
             if self._memory:
@@ -290,7 +325,7 @@ class DatabaseSession:
         password = self._url.password
         if password:
             text_ = text_.replace(str(password), "***")
-        return mask_url(text_)
+        return scrub_text(text_)
 
 
 async def _rollback_quietly(session: AsyncSession, original: BaseException) -> None:
@@ -340,4 +375,5 @@ def from_settings(settings: InfraSettings, *, auto_migrate: bool | None = None) 
         pool_recycle_s=db.pool_recycle_s,
         connect_timeout_s=db.connect_timeout_s,
         auto_migrate=db.auto_migrate if auto_migrate is None else auto_migrate,
+        echo_parameters_unsafe=db.echo_parameters_unsafe,
     )

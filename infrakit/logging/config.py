@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
 import logging
 import sys
 import threading
 import time
-from collections.abc import Iterable
+import traceback
+from collections.abc import Callable, Iterable
 from typing import IO, Any, TextIO
 
 import structlog
@@ -23,7 +25,7 @@ LOG_FORMATS = ("json", "console")
 #: stdlib loggers that install handlers of their own; we send them through ours.
 DEFAULT_CAPTURED_LOGGERS = ("uvicorn", "uvicorn.error", "uvicorn.access")
 #: Loggers that narrate every operation at DEBUG; held at WARNING unless asked.
-DEFAULT_QUIET_LOGGERS = ("aiosqlite", "alembic.runtime.migration")
+DEFAULT_QUIET_LOGGERS = ("aiosqlite", "alembic.runtime.migration", "alembic.runtime.plugins")
 
 _lock = threading.Lock()
 _configured = False
@@ -99,12 +101,66 @@ class UTCTimestamper:
         return event_dict
 
 
-def _render_exceptions(logger: object, method_name: str, event_dict: EventDict) -> EventDict:
-    """``dict_tracebacks``, skipped outright for the usual event without one."""
-    if "exc_info" not in event_dict:
-        return event_dict
-    rendered: EventDict = structlog.processors.dict_tracebacks(logger, method_name, event_dict)
-    return rendered
+class _JsonExceptions:
+    """structlog's ``dict_tracebacks``, skipped outright for the usual event
+    without an exception. Frame locals only when asked for: they hold
+    passwords, tokens and request bodies, and are redacted like the rest of the
+    event (this runs before the redactor)."""
+
+    __slots__ = ("_render",)
+
+    def __init__(self, show_locals: bool) -> None:
+        self._render = structlog.processors.ExceptionRenderer(
+            structlog.tracebacks.ExceptionDictTransformer(show_locals=show_locals, use_rich=False)
+        )
+
+    def __call__(self, logger: object, method_name: str, event_dict: EventDict) -> EventDict:
+        if "exc_info" not in event_dict:
+            return event_dict
+        rendered: EventDict = self._render(logger, method_name, event_dict)
+        return rendered
+
+
+class _ScrubbedTraceback:
+    """The console renderer's exception formatter: a plain traceback (never
+    rich's, whose colours and line wrapping would split secrets past the
+    scrubber), locals only when asked for, and the text scrubbed."""
+
+    __slots__ = ("_scrub", "_show_locals")
+
+    def __init__(self, scrub: Callable[[str], str], show_locals: bool) -> None:
+        self._scrub = scrub
+        self._show_locals = show_locals
+
+    def __call__(self, sio: TextIO, exc_info: Any) -> None:
+        exc_type, exc_value, tb = exc_info
+        lines = traceback.TracebackException(
+            exc_type, exc_value, tb, capture_locals=self._show_locals
+        ).format()
+        sio.write("\n" + self._scrub("".join(lines)))
+
+
+class _SafeRenderer:
+    """The final renderer, which must never raise into a log call: if it
+    fails, the line says so, with the (scrubbed) event text."""
+
+    __slots__ = ("_render", "_scrub")
+
+    def __init__(self, render: Processor, scrub: Callable[[str], str]) -> None:
+        self._render = render
+        self._scrub = scrub
+
+    def __call__(self, logger: Any, method_name: str, event_dict: EventDict) -> Any:
+        try:
+            return self._render(logger, method_name, event_dict)
+        except Exception as error:  # noqa: BLE001 - logging must never raise into the caller
+            return json.dumps(
+                {
+                    "event": self._scrub(str(event_dict.get("event", ""))),
+                    "level": method_name,
+                    "log_error": f"the event could not be rendered: {type(error).__name__}",
+                }
+            )
 
 
 def _validate(log_level: str, log_format: str) -> tuple[str, str]:
@@ -139,24 +195,30 @@ def build_processors(
     development: bool = False,
     additional_pii_patterns: Iterable[str] | None = None,
     replacement: str = REDACTED,
+    extra_params: Iterable[str] = (),
+    traceback_locals: bool = False,
 ) -> tuple[list[Processor], Processor]:
-    """The shared processors (context, level, time, redaction) and the renderer."""
+    """The shared processors (context, level, time, exceptions, redaction) and the renderer."""
+    redactor = PIIRedactor(additional_pii_patterns, replacement, extra_params=extra_params)
+    scrub = redactor.scrubber.text
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         add_request_id,
         add_trace_context,
         structlog.processors.add_log_level,
         UTCTimestamper(),
-        PIIRedactor(additional_pii_patterns, replacement),
-        _tap,
     ]
     renderer: Processor
     if log_format == "console" or development:
-        renderer = structlog.dev.ConsoleRenderer(colors=development)
+        renderer = structlog.dev.ConsoleRenderer(
+            colors=development, exception_formatter=_ScrubbedTraceback(scrub, traceback_locals)
+        )
     else:
-        shared.append(_render_exceptions)
+        # rendered before redaction, so messages, tracebacks and locals are scrubbed
+        shared.append(_JsonExceptions(traceback_locals))
         renderer = structlog.processors.JSONRenderer()
-    return shared, renderer
+    shared += [redactor, _tap]
+    return shared, _SafeRenderer(renderer, scrub)
 
 
 def configure_logging(
@@ -166,6 +228,8 @@ def configure_logging(
     additional_pii_patterns: Iterable[str] | None = None,
     replacement: str = REDACTED,
     *,
+    extra_params: Iterable[str] = (),
+    traceback_locals: bool = False,
     stream: IO[str] | None = None,
     capture_loggers: Iterable[str] = DEFAULT_CAPTURED_LOGGERS,
     quiet_loggers: Iterable[str] = DEFAULT_QUIET_LOGGERS,
@@ -174,7 +238,8 @@ def configure_logging(
 
     JSON lines (or console output) go to ``stream``, by default the current
     ``sys.stdout``. Records of stdlib loggers (uvicorn, sqlalchemy, ...) go
-    through the same processors, redaction included. Calling it again
+    through the same processors, redaction included. Tracebacks carry no
+    frame locals unless ``traceback_locals`` (then redacted). Calling it again
     replaces the previous configuration; :func:`reset_logging` undoes it.
     """
     global _configured  # noqa: PLW0603 - logging is process-global by nature
@@ -185,6 +250,8 @@ def configure_logging(
         development=development,
         additional_pii_patterns=additional_pii_patterns,
         replacement=replacement,
+        extra_params=extra_params,
+        traceback_locals=traceback_locals,
     )
     with _lock:
         structlog.configure(

@@ -1,24 +1,22 @@
-"""PII and secret redaction for log events.
+"""Secret and PII redaction for log events: the logging face of :mod:`infrakit.scrub`.
 
-A key is sensitive when any *word suffix* of it, with ``-``/``_``/``.``/case
-folded away, equals a pattern. Keys are split into words at ``-``, ``_``,
-``.``, spaces and camelCase humps, so ``X-Api-Key``, ``api_key`` and
-``apiKey`` all end in ``api key``; ``access_token`` and ``db_password`` end
-in ``token`` and ``password``; while ``tokenizer``, ``token_count``,
-``author`` and ``session_count`` end in no pattern and are left alone.
-
-This module imports nothing heavy: the settings loader uses it to mask
-values in error messages.
+:class:`PIIRedactor` applies the kit's rules to a whole event: a sensitive key's
+value is replaced whatever it holds, every string is run through the text
+scrubber (messages, ``%``-formatted stdlib messages, exception messages,
+rendered tracebacks and frame locals), and objects the renderer would ``repr``
+are turned into their scrubbed ``repr`` here, so nothing reaches the output
+unscrubbed. It never raises into the caller and never mutates the caller's
+objects.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from infrakit._secrets import mask_url
+from infrakit.scrub import DEFAULT_PATTERNS, REDACTED, Scrubber, is_sensitive_key
 
 __all__ = [
     "DEFAULT_PATTERNS",
@@ -27,98 +25,15 @@ __all__ = [
     "is_sensitive_key",
 ]
 
-REDACTED = "[REDACTED]"
-
-#: Sentry's ``DEFAULT_DENYLIST`` and ``DEFAULT_PII_DENYLIST`` (sentry_sdk.scrubber),
-#: the compound names exact matching misses, and common personal data.
-DEFAULT_PATTERNS: frozenset[str] = frozenset(
-    {
-        # sentry DEFAULT_DENYLIST
-        "password", "passwd", "secret", "api_key", "apikey", "auth", "credentials",
-        "mysql_pwd", "privatekey", "private_key", "token", "session", "csrftoken",
-        "sessionid", "x_csrftoken", "x_forwarded_for", "set_cookie", "cookie",
-        "authorization", "proxy-authorization", "x_api_key", "aiohttp_session",
-        "connect.sid", "csrf_token", "csrf", "_csrf", "_csrf_token", "PHPSESSID",
-        "_session", "symfony", "user_session", "_xsrf", "XSRF-TOKEN",
-        # sentry DEFAULT_PII_DENYLIST
-        "x_real_ip", "ip_address", "remote_addr",
-        # compound secrets
-        "access_token", "refresh_token", "id_token", "api_token", "client_secret",
-        "secret_key", "db_password", "pwd", "passphrase", "jwt", "bearer", "dsn",
-        "signature", "otp",
-        # personal data
-        "email", "email_address", "phone", "phone_number", "mobile", "ssn",
-        "social_security_number", "credit_card", "card_number", "cc_number", "cvv",
-        "cvc", "iban", "national_id", "passport_number", "date_of_birth", "dob",
-    }
-)  # fmt: skip
-
-_WORD = re.compile(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+")
-_SEPARATORS = re.compile(r"[\s_\-.:/]+")
-
-
-def _words(key: str) -> list[str]:
-    words: list[str] = []
-    for part in _SEPARATORS.split(key):
-        if part:
-            words.extend(w.lower() for w in _WORD.findall(part))
-    return words
-
-
-def _normalise(pattern: str) -> str:
-    return "".join(_words(pattern))
-
-
-class _Matcher:
-    """Decides sensitivity of keys, remembering its answers.
-
-    Event keys repeat endlessly, so each distinct key is split once; the cache
-    is bounded so a stream of unique keys cannot grow it without limit.
-    """
-
-    __slots__ = ("_patterns", "cache")
-
-    _CACHE_LIMIT = 4096
-
-    def __init__(self, patterns: Iterable[str]) -> None:
-        self._patterns = frozenset(n for n in map(_normalise, patterns) if n)
-        #: key -> sensitive?; read directly on the hot path (see PIIRedactor).
-        self.cache: dict[object, bool] = {}
-
-    def __call__(self, key: object) -> bool:
-        hit = self.cache.get(key)
-        return self.classify(key) if hit is None else hit
-
-    def classify(self, key: object) -> bool:
-        if not isinstance(key, str):
-            return False
-        words = _words(key)
-        suffix = ""
-        hit = False
-        for word in reversed(words):
-            suffix = word + suffix
-            if suffix in self._patterns:
-                hit = True
-                break
-        if len(self.cache) >= self._CACHE_LIMIT:
-            self.cache.clear()
-        self.cache[key] = hit
-        return hit
-
-
-_default_matcher = _Matcher(DEFAULT_PATTERNS)
-
-
-def is_sensitive_key(key: object, extra_patterns: Iterable[str] = ()) -> bool:
-    """True when ``key`` names a secret or personal datum."""
-    if extra_patterns:
-        return _Matcher([*DEFAULT_PATTERNS, *extra_patterns])(key)
-    return _default_matcher(key)
-
-
 _MAX_DEPTH = 32
-_SCALARS = (str, int, float, bool, type(None))
 _PLAIN = frozenset({int, float, bool, type(None)})
+#: Values the pipeline itself put in the event: never free text, never scanned.
+_KIT_KEYS = frozenset(
+    {"timestamp", "level", "logger", "request_id", "trace_id", "span_id", "_from_structlog"}
+)
+#: Values for the renderer itself (an exc_info tuple, the stdlib record): the
+#: console renderer formats the exception through the scrubber on its own.
+_PASS_KEYS = frozenset({"exc_info", "_record"})
 
 
 class PIIRedactor:
@@ -126,45 +41,53 @@ class PIIRedactor:
 
     Walks dicts, lists, tuples, sets, dataclasses and pydantic models (the
     last two rendered as dicts); a sensitive key's whole value (including a
-    nested container or ``bytes``) becomes ``replacement``. Works copy-on-write:
-    a container is copied only when something inside it changes, and the
-    caller's objects are never mutated. Strings that hold a URL with a
-    password have the password masked whatever their key.
+    nested container or ``bytes``) becomes ``replacement``. ``bytes`` keys and
+    values are decoded, ``(name, value)`` pairs (header lists) are judged by
+    their name, and any other object becomes its scrubbed ``repr``. Works
+    copy-on-write: a container is copied only when something inside it
+    changes, and the caller's objects are never mutated.
     """
 
-    __slots__ = ("_cache", "_is_sensitive", "replacement")
+    __slots__ = ("_cache", "_keys", "_scrub", "replacement", "scrubber")
 
     def __init__(
         self,
         additional_patterns: Iterable[str] | None = None,
         replacement: str = REDACTED,
         *,
-        patterns: Iterable[str] | None = None,
+        extra_params: Iterable[str] = (),
     ) -> None:
-        base = DEFAULT_PATTERNS if patterns is None else frozenset(patterns)
-        extra = frozenset(additional_patterns or ())
-        for pattern in extra:
-            if not isinstance(pattern, str) or not _normalise(pattern):
-                raise ValueError(f"redaction pattern must be a non-empty key name, got {pattern!r}")
-        self._is_sensitive = _Matcher(base | extra)
-        self._cache = self._is_sensitive.cache
+        self.scrubber = Scrubber(additional_patterns or (), extra_params, replacement)
+        self._keys = self.scrubber.keys
+        self._cache = self._keys.cache
+        self._scrub = self.scrubber.text
         self.replacement = replacement
 
     def __call__(self, logger: object, method_name: str, event_dict: Any) -> Any:
+        try:
+            return self._redact(event_dict)
+        except Exception as error:  # noqa: BLE001 - never raise into a log call, never leak
+            return {
+                "event": self._scrub(_safe_str(event_dict.get("event", ""))),
+                "redaction_error": type(error).__name__,
+            }
+
+    def _redact(self, event_dict: Any) -> Any:
         # structlog hands each processor a dict of its own making, so the top
         # level is redacted in place; nested values are the caller's and are
         # copied on write. This loop is the hot path of every log line.
         cache = self._cache
+        scrub = self._scrub
         for key, value in event_dict.items():
             sensitive = cache.get(key)
             if sensitive is None:
-                sensitive = self._is_sensitive.classify(key)
+                sensitive = self._keys.classify(key)
             if sensitive:
                 event_dict[key] = self.replacement
             elif type(value) is str:
-                if "://" in value and "@" in value:
-                    event_dict[key] = mask_url(value)
-            elif type(value) not in _PLAIN:
+                if key not in _KIT_KEYS:
+                    event_dict[key] = scrub(value)
+            elif type(value) not in _PLAIN and key not in _PASS_KEYS:
                 event_dict[key] = self._value(value, 1)
         return event_dict
 
@@ -176,7 +99,7 @@ class PIIRedactor:
     def _value(self, value: Any, depth: int) -> Any:
         kind = type(value)
         if kind is str:
-            return mask_url(value) if "://" in value and "@" in value else value
+            return self._scrub(value)
         if kind in _PLAIN:
             return value
         if depth > _MAX_DEPTH:
@@ -186,14 +109,20 @@ class PIIRedactor:
             return self._mapping(value, depth)
         if kind is list or kind is tuple:
             return self._sequence(value, depth)
-        if isinstance(value, _SCALARS):
+        if isinstance(value, str):  # a str subclass
+            return self._scrub(str(value))
+        if isinstance(value, int | float):
             return value
+        if isinstance(value, bytes | bytearray):
+            return self._scrub(bytes(value).decode("utf-8", "backslashreplace"))
         if isinstance(value, Mapping):
             return self._mapping(value, depth)
         if isinstance(value, list | tuple):
             return self._sequence(value, depth)
         if isinstance(value, set | frozenset):
             items = [self._value(v, depth + 1) for v in value]
+            if all(new is old for new, old in zip(items, value, strict=True)):
+                return value
             try:
                 return type(value)(items) if type(value) in (set, frozenset) else items
             except TypeError:  # a redacted item became unhashable
@@ -203,16 +132,28 @@ class PIIRedactor:
             return self._mapping(fields, depth, force_copy=True)
         dump = getattr(value, "model_dump", None)
         if callable(dump) and not isinstance(value, type):
-            return self._mapping(dump(), depth, force_copy=True)
-        return value
+            with contextlib.suppress(Exception):  # a broken model must not break the call
+                return self._mapping(dump(), depth, force_copy=True)
+        # Anything else reaches the output as its repr (what the JSON and console
+        # renderers would print): render it now, through the scrubber.
+        return self._scrub(_safe_repr(value))
 
     def _sequence(self, value: list[Any] | tuple[Any, ...], depth: int) -> Any:
         out: list[Any] | None = None
         for index, item in enumerate(value):
             kind = type(item)
-            if kind in _PLAIN or (kind is str and not ("://" in item and "@" in item)):
+            if kind in _PLAIN:
                 continue
-            new = self._value(item, depth + 1)
+            if (
+                kind is tuple
+                and len(item) == 2
+                and type(item[0]) in (str, bytes)
+                and self._keys(item[0])
+            ):
+                # a (name, value) pair, as in ASGI/WSGI header lists
+                new: Any = (_key(item[0]), self.replacement)
+            else:
+                new = self._value(item, depth + 1)
             if new is not item:
                 if out is None:
                     out = list(value)
@@ -224,22 +165,45 @@ class PIIRedactor:
     def _mapping(
         self, value: Mapping[Any, Any], depth: int, *, force_copy: bool = False
     ) -> Mapping[Any, Any]:
-        out: dict[Any, Any] | None = dict(value) if force_copy else None
+        out: dict[Any, Any] | None = None
         cache = self._cache
         for key, item in value.items():
             sensitive = cache.get(key)
             if sensitive is None:
-                sensitive = self._is_sensitive.classify(key)
+                sensitive = self._keys.classify(key)
             if sensitive:
                 new = self.replacement
-            elif (kind := type(item)) in _PLAIN or (
-                kind is str and not ("://" in item and "@" in item)
-            ):
-                continue
+            elif type(item) in _PLAIN:
+                new = item
             else:
                 new = self._value(item, depth + 1)
-            if new is not item:
+            if new is not item or type(key) is not str:
                 if out is None:
-                    out = dict(value)
-                out[key] = new
-        return value if out is None else out
+                    out = {_key(k): v for k, v in value.items()}
+                out[_key(key)] = new
+        if out is not None:
+            return out
+        return dict(value) if force_copy else value
+
+
+def _key(key: object) -> str:
+    """A key the JSON renderer accepts: ``bytes`` decoded, anything else ``str()``."""
+    if type(key) is str:
+        return key
+    if isinstance(key, bytes | bytearray):
+        return bytes(key).decode("latin-1")
+    return _safe_repr(key) if not isinstance(key, str | int | float) else str(key)
+
+
+def _safe_str(value: object) -> str:
+    try:
+        return str(value)
+    except Exception as error:  # noqa: BLE001
+        return f"<{type(value).__name__} (str failed: {type(error).__name__})>"
+
+
+def _safe_repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception as error:  # noqa: BLE001 - a broken __repr__ must not break the log call
+        return f"<{type(value).__name__} (repr failed: {type(error).__name__})>"

@@ -19,9 +19,8 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
-from infrakit._secrets import MASK, mask_url
 from infrakit.errors import ConfigError, ConfigProblem
-from infrakit.logging.redaction import is_sensitive_key
+from infrakit.scrub import MASK, is_sensitive_key, mask_url, scrub_text
 from infrakit.settings import _yaml
 from infrakit.settings.models import InfraSettings
 
@@ -476,11 +475,12 @@ def mask_value(path: Path_, value: Any) -> str:
         return MASK
     if isinstance(value, str):
         masked = mask_url(value)
-        if masked == value and "@" in value:
-            masked = MASK + value[value.rindex("@") :]
+        if masked == value and "@" in value and "://" in value:
+            masked = MASK + value[value.rindex("@") :]  # a URL too broken to parse
         value = masked
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
+    # any shape (a URL inside a list, a dict of credentials): the text rules
+    text = scrub_text(repr(value))
+    return text if len(text) <= 80 else scrub_text(text[:77]) + "..."
 
 
 def _source_of(path: Path_, sources: dict[Path_, str]) -> str:

@@ -22,7 +22,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from infrakit import registry
-from infrakit._secrets import SecretUrl
+from infrakit.scrub import SecretUrl
 
 __all__ = [
     "AuditSettings",
@@ -81,7 +81,15 @@ class DatabaseSettings(_Section):
     connect_timeout_s: float = Field(
         5.0, gt=0, allow_inf_nan=False, description="Connect timeout in seconds."
     )
-    echo: bool = Field(False, description="Log every SQL statement (development only).")
+    echo: bool = Field(
+        False,
+        description="Log every SQL statement (development only); bound parameters are not shown.",
+    )
+    echo_parameters_unsafe: bool = Field(
+        False,
+        description="Also show bound parameters in echoed statements and SQL error messages. "
+        "UNSAFE: they carry passwords, tokens and audit details; never in production.",
+    )
     auto_migrate: bool = Field(
         False, description="Apply the kit's migrations at start-up (else: infrakit db upgrade)."
     )
@@ -190,12 +198,17 @@ class TelemetrySettings(_Section):
 
 
 class RedactSettings(_Section):
-    """PII redaction in the logging pipeline."""
+    """What is never shown: redaction in logs, spans and error messages."""
 
     extra_patterns: list[Annotated[str, Field(min_length=1)]] = Field(
         default_factory=list, description="Key names redacted in addition to the defaults."
     )
     replacement: str = Field("[REDACTED]", description="What a redacted value becomes.")
+    extra_params: list[Annotated[str, Field(min_length=1)]] = Field(
+        default_factory=list,
+        description="URL query/fragment parameter names masked in logs, spans and errors, "
+        "in addition to the defaults (password, token, key, sig, ...).",
+    )
 
 
 class LoggingSettings(_Section):
@@ -204,6 +217,11 @@ class LoggingSettings(_Section):
     level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
     format: Literal["json", "console"] = Field("json", description="json lines or console.")
     development: bool = Field(False, description="Colourful console output for humans.")
+    traceback_locals: bool = Field(
+        False,
+        description="Show each frame's local variables in logged tracebacks (redacted like "
+        "the rest). Off by default: locals hold passwords, tokens and request bodies.",
+    )
     redact: RedactSettings = Field(default_factory=RedactSettings)
 
     @field_validator("level", mode="before")

@@ -14,7 +14,7 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
-from infrakit._secrets import SecretUrl
+from infrakit.scrub import SecretUrl
 from infrakit.settings.models import InfraSettings
 
 __all__ = ["render_reference"]

@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
-from infrakit._secrets import mask_url
 from infrakit.errors import MissingDependencyError, TelemetryError
 from infrakit.health import HealthResult
-from infrakit.settings.models import ServiceSettings, TelemetrySettings
+from infrakit.scrub import mask_url
+from infrakit.settings.models import RedactSettings, ServiceSettings, TelemetrySettings
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
@@ -159,9 +159,11 @@ class TelemetryProvider:
         service: ServiceSettings | None = None,
         *,
         environ: Mapping[str, str] | None = None,
+        redact: RedactSettings | None = None,
     ) -> None:
         self.settings = settings or TelemetrySettings()
         self.service = service or ServiceSettings()
+        self.redact = redact or RedactSettings()
         self._environ = os.environ if environ is None else environ
         disabled = self._environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
         self.enabled = self.settings.exporter != "none" and not disabled
@@ -171,6 +173,8 @@ class TelemetryProvider:
         self._meter_provider: MeterProvider | None = None
         self._span_exporter: Any = None
         self._metric_reader: Any = None
+        #: contrib instrumentors this provider switched on (and switches off again)
+        self._instrumented: list[Any] = []
         self._tracer: trace.Tracer = trace.NoOpTracer()
         self._meter: metrics.Meter = metrics.NoOpMeter("infrakit")
 
@@ -241,6 +245,7 @@ class TelemetryProvider:
             if not instrumentor.is_instrumented_by_opentelemetry:
                 # skip_dep_check: SQLAlchemy 2.1 is newer than the contrib package declares
                 instrumentor.instrument(tracer_provider=tracer_provider, skip_dep_check=True)
+                self._instrumented.append(instrumentor)
 
     def _build(self) -> tuple[TracerProvider, MeterProvider, Any, Any]:
         from opentelemetry.sdk.metrics import MeterProvider
@@ -276,15 +281,27 @@ class TelemetryProvider:
         )
         from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
+        from infrakit.scrub import Scrubber
+        from infrakit.telemetry.scrubbing import ScrubbingSpanExporter
+
+        # every exporter gets scrubbed copies of the spans (memory included, so
+        # tests see what a collector would)
+        scrubber = Scrubber(
+            self.redact.extra_patterns, self.redact.extra_params, self.redact.replacement
+        )
         exporter = self.settings.exporter
         if exporter == "memory":
             spans = InMemorySpanExporter()
-            return spans, SimpleSpanProcessor(spans), InMemoryMetricReader()
+            return (
+                spans,
+                SimpleSpanProcessor(ScrubbingSpanExporter(spans, scrubber)),
+                InMemoryMetricReader(),
+            )
         if exporter == "console":
             console = ConsoleSpanExporter(service_name=self.service_name)
             return (
                 console,
-                SimpleSpanProcessor(console),
+                SimpleSpanProcessor(ScrubbingSpanExporter(console, scrubber)),
                 PeriodicExportingMetricReader(
                     ConsoleMetricExporter(), export_interval_millis=60_000
                 ),
@@ -292,7 +309,7 @@ class TelemetryProvider:
         if exporter == "otlp":
             span_exporter, metric_exporter = self._otlp()
             processor = BatchSpanProcessor(
-                span_exporter,
+                ScrubbingSpanExporter(span_exporter, scrubber),
                 max_queue_size=self.settings.max_queue_size,
                 # Smaller than the SDK's 512, so serialising one batch (in the
                 # export thread, holding the GIL) never stalls a request for
@@ -383,7 +400,11 @@ class TelemetryProvider:
             self._tracer_provider = self._meter_provider = None
             self._tracer = trace.NoOpTracer()
             self._meter = metrics.NoOpMeter("infrakit")
+            instrumented, self._instrumented = self._instrumented, []
         _refresh(self)
+        # a later provider instruments again, to its own tracer provider
+        for instrumentor in instrumented:
+            instrumentor.uninstrument()
         if tracer_provider is not None:
             tracer_provider.shutdown()
         if meter_provider is not None:
@@ -537,4 +558,6 @@ class DefaultTelemetryProvider(TelemetryProvider):
 
 def build(settings: InfraSettings) -> TelemetryProvider:
     """Registry factory for every ``telemetry.exporter``."""
-    return DefaultTelemetryProvider(settings.telemetry, settings.service)
+    return DefaultTelemetryProvider(
+        settings.telemetry, settings.service, redact=settings.logging.redact
+    )

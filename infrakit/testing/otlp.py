@@ -34,6 +34,9 @@ class ReceivedSpan:
     resource: dict[str, Any]
     scope: str
     events: list[str] = field(default_factory=list)
+    #: each event's attributes, in the order of ``events``
+    event_attributes: list[dict[str, Any]] = field(default_factory=list)
+    status_message: str = ""
 
 
 def _value(any_value: Any) -> Any:
@@ -64,6 +67,8 @@ def _received(span: Any, resource: dict[str, Any], scope: str) -> ReceivedSpan:
         resource=resource,
         scope=scope,
         events=[e.name for e in span.events],
+        event_attributes=[_attributes(e.attributes) for e in span.events],
+        status_message=span.status.message,
     )
 
 

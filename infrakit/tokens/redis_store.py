@@ -43,11 +43,10 @@ import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
-from urllib.parse import unquote, urlsplit
 
-from infrakit._secrets import mask_url
 from infrakit.errors import TokenStoreError
 from infrakit.health import HealthResult
+from infrakit.scrub import mask_url, parse_url, scrub_text
 from infrakit.tokens.base import (
     DEFAULT_MAX_LIFETIME_S,
     StoredToken,
@@ -171,19 +170,36 @@ def _tag(user_id: str) -> str:
     return user_id.replace("%", "%25").replace("{", "%7B").replace("}", "%7D")
 
 
+def _without_credentials(url: str) -> tuple[str, dict[str, Any]]:
+    """``url`` without its user-info, and the user and password as redis-py keywords.
+
+    redis-py parses URLs with ``urllib``, which ends the user-info at the first
+    ``/`` or ``@``: a password holding either would be split into the host and
+    port, and echoed in redis-py's errors ("Port could not be cast to integer
+    value as '<half the password>'"). The kit's own parse hands them over whole.
+    """
+    parts = parse_url(url)
+    bare = f"{parts.scheme}://{parts.netloc}{parts.path}" + (
+        f"?{parts.query}" if parts.query else ""
+    )
+    credentials = {
+        key: value
+        for key, value in (("username", parts.username), ("password", parts.password))
+        if value
+    }
+    return bare, credentials
+
+
 def _parse_sentinel(url: str) -> tuple[list[tuple[str, int]], str, int, dict[str, Any]]:
     """``redis+sentinel://[:password@]host:port[,host:port...]/service[/db]``."""
-    parts = urlsplit(url)
+    parts = parse_url(url)
     netloc = parts.netloc
-    password: str | None = None
-    username: str | None = None
-    if "@" in netloc:
-        userinfo, netloc = netloc.rsplit("@", 1)
-        user, _, pw = userinfo.partition(":")
-        username, password = unquote(user) or None, unquote(pw) or None
+    password, username = parts.password or None, parts.username or None
     hosts: list[tuple[str, int]] = []
     for item in netloc.split(","):
         host, _, port = item.rpartition(":") if ":" in item else (item, "", "26379")
+        if port and not port.isdigit():
+            raise ValueError(f"sentinel URL {mask_url(url)!r}: port {port!r} is not a number")
         hosts.append((host or "127.0.0.1", int(port or 26379)))
     path = [p for p in parts.path.split("/") if p]
     if not path:
@@ -274,10 +290,11 @@ class RedisTokenStore:
             "socket_connect_timeout": self.connect_timeout_s,
             "decode_responses": True,
         }
+        url, credentials = _without_credentials(self._url)
         if self.cluster:
             from redis.asyncio.cluster import RedisCluster
 
-            return RedisCluster.from_url(self._url, **options)
+            return RedisCluster.from_url(url, **options, **credentials)
         # Fail fast: one attempt per call, so a dead server is reported within
         # one timeout rather than after a series of retries.
         options["retry"] = Retry(NoBackoff(), 0)
@@ -294,7 +311,7 @@ class RedisTokenStore:
                 **options,
             )
             return sentinel.master_for(service, db=db, **{k: v for k, v in auth.items() if v})
-        return redis.Redis.from_url(self._url, **options)
+        return redis.Redis.from_url(url, **options, **credentials)
 
     @property
     def client(self) -> Any:
@@ -342,7 +359,7 @@ class RedisTokenStore:
     # --- error handling -----------------------------------------------------------
 
     def _error(self, what: str, error: BaseException) -> TokenStoreError:
-        detail = mask_url(str(error).splitlines()[0]) if str(error) else type(error).__name__
+        detail = scrub_text(str(error).splitlines()[0]) if str(error) else type(error).__name__
         return TokenStoreError(
             f"{what} failed on Redis at {self.url}: {type(error).__name__}: {detail}"
         )

@@ -16,7 +16,7 @@ from infrakit.testing.otlp import OtlpReceiver
 
 pytestmark = pytest.mark.integration
 
-EXPECTED = [401, 200, 200, 200, 401, 401, 200, 200, 200, 200]
+EXPECTED = [401, 200, 200, 200, 401, 401, 200, 200, 200, 200, 200]
 AUDIT = ["login:failure", "login:success", "logout:success", "login:success"]
 
 
@@ -29,6 +29,7 @@ class TestScenario:
         assert [s.status for s in result.steps] == EXPECTED
         assert result.audit_actions == AUDIT
         assert result.health["ok"] is True
+        assert result.public_health == {"status": "up"}  # nothing else for anonymous callers
 
     async def test_on_production(self, fresh_pg_url: str, redis_prefix: str) -> None:
         with OtlpReceiver() as receiver:

@@ -22,6 +22,7 @@ from infrakit.logging import (
     reset_logging,
     set_request_id,
 )
+from infrakit.scrub import scrub_text
 
 SENSITIVE_WORDS = [
     ["password"], ["api", "key"], ["access", "token"], ["client", "secret"], ["authorization"],
@@ -73,13 +74,18 @@ def assert_redacted(original: Any, redacted: Any) -> None:
                 assert redacted[key] == REDACTED, key
             else:
                 assert_redacted(value, redacted[key])
+    elif isinstance(original, tuple) and len(original) == 2 and is_sensitive_key(original[0]):
+        # a (name, value) pair, as in header lists: judged by its name
+        assert redacted[1] == REDACTED
     elif isinstance(original, list | tuple):
         assert type(redacted) is type(original)
         assert len(redacted) == len(original)
         for a, b in zip(original, redacted, strict=True):
             assert_redacted(a, b)
-    elif isinstance(original, str) and "://" in original and "@" in original:
-        pass  # URL passwords are masked; covered by unit tests
+    elif isinstance(original, str):
+        assert redacted == scrub_text(original)  # free text: the text rules apply
+    elif isinstance(original, bytes):
+        assert redacted == scrub_text(original.decode("utf-8", "backslashreplace"))
     else:
         assert redacted == original
 

@@ -99,6 +99,31 @@ class TestRequireToken:
         assert detail in response.json()["detail"]
         assert response.headers["www-authenticate"].startswith("Bearer")
 
+    @pytest.mark.parametrize(
+        "forged",
+        [
+            "Bearer not.a.jwt",
+            f"Bearer {jwt.encode({'sub': 'a', 'jti': 'x', 'exp': 9999999999}, 'wrong' * 8)}",
+            f"Bearer {jwt.encode({'sub': 'a', 'exp': 9999999999}, KEY)}",
+            f"Bearer {jwt.encode({'sub': 'a', 'jti': 'x', 'exp': 9999999999}, KEY * 2, 'HS512')}",
+        ],
+    )
+    async def test_the_detail_is_the_kits_own_words(self, app: FastAPI, forged: str) -> None:
+        """PyJWT's detail (which claim is missing, which check failed) is not echoed."""
+        response = await call(app, "GET", "/secure", headers={"authorization": forged})
+        assert (response.status_code, response.json()) == (401, {"detail": "invalid token"})
+
+    async def test_two_authorization_headers_are_refused(self, app: FastAPI) -> None:
+        infra = app.state.infra
+        await infra.tokens.store("j1", "ann", datetime.now(UTC) + timedelta(minutes=5))
+        good = f"Bearer {token()}"
+        for pair in ([good, "Bearer forged"], ["Bearer forged", good], [good, good]):
+            response = await call(
+                app, "GET", "/secure", headers=[("authorization", v) for v in pair]
+            )
+            assert response.status_code == 401
+            assert response.json() == {"detail": "more than one Authorization header"}
+
     async def test_store_down_is_503(self, app: FastAPI) -> None:
         with override(app.state.infra, tokens=BrokenStore()):
             response = await call(

@@ -518,7 +518,7 @@ class TestSecrets:
         assert "tokens.url: not a URL" in text
 
     def test_url_masking_edge_cases(self) -> None:
-        from infrakit._secrets import mask_url
+        from infrakit.scrub import mask_url
 
         assert mask_url("postgresql://u:p@h/db") == "postgresql://u:***@h/db"
         assert mask_url("postgresql://u:p/a:b@c@h/db") == "postgresql://u:***@h/db"

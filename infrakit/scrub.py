@@ -1,0 +1,553 @@
+"""What is never shown: the kit's one set of rules for secrets in output.
+
+Every output of the kit — log lines in every format, span attributes and
+events before export, error messages, CLI output, health details — goes
+through the functions here, so a rule added here holds everywhere:
+
+- :func:`is_sensitive_key` — a key names a secret or personal datum when, with
+  case and separators folded away, it *ends with* a pattern of
+  :data:`DEFAULT_PATTERNS` or its plural (``PGPASSWORD``, ``userPassword``,
+  ``aws_secret_access_key``, ``X-Api-Key``, ``refresh_tokens``), unless the
+  whole key is one of :data:`NOT_SECRETS` (``is_mobile``, ``requires_auth``,
+  ``send_email``, ...), names a suffix rule would wrongly catch.
+- :func:`mask_url` — one URL's password (user-info, split at the *last* ``@``
+  before the query, so an unencoded ``@`` in a password is masked whole) and
+  the values of its sensitive query and fragment parameters
+  (:data:`SENSITIVE_PARAMS`, plus any sensitive key).
+- :func:`scrub_text` — free text: URLs inside it (as above), ``Bearer``/
+  ``Basic`` credentials, JWT-shaped strings, and ``name=value`` /
+  ``name: value`` / ``'name': 'value'`` pairs whose name is sensitive (which
+  covers query strings, DSNs, reprs of dicts, dataclasses and pydantic
+  models, and rendered frame locals).
+
+What no rule can know: a secret written into free text in a shape none of the
+above describes (``"the code is hunter2"``), and a secret in a URL that is
+itself broken by whitespace or quotes inside its password. Keep secrets in
+keyword arguments with honest names, or in ``SecretStr``/:class:`SecretUrl`.
+
+This module imports nothing heavy and nothing else of the kit: settings,
+logging, telemetry and the CLI all build on it.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import unquote
+
+from pydantic import GetCoreSchemaHandler, GetJsonSchemaHandler
+from pydantic.json_schema import JsonSchemaValue
+from pydantic_core import core_schema
+
+__all__ = [
+    "DEFAULT_PATTERNS",
+    "MASK",
+    "NOT_SECRETS",
+    "REDACTED",
+    "SENSITIVE_PARAMS",
+    "KeyMatcher",
+    "ParsedUrl",
+    "Scrubber",
+    "SecretUrl",
+    "is_sensitive_key",
+    "mask_url",
+    "parse_url",
+    "reveal",
+    "scrub_text",
+]
+
+#: What a secret inside a URL or a connection string becomes.
+MASK = "***"
+#: What a sensitive value in a log event or span becomes (by default).
+REDACTED = "[REDACTED]"
+
+#: Sentry's ``DEFAULT_DENYLIST`` and ``DEFAULT_PII_DENYLIST`` (sentry_sdk.scrubber),
+#: the compound names a plain word match misses, and common personal data.
+#: A key matches a pattern when it ends with it (or with its plural) once case
+#: and every non-alphanumeric character are folded away.
+DEFAULT_PATTERNS: frozenset[str] = frozenset(
+    {
+        # sentry DEFAULT_DENYLIST
+        "password", "passwd", "secret", "api_key", "apikey", "auth", "credentials",
+        "mysql_pwd", "privatekey", "private_key", "token", "session", "csrftoken",
+        "sessionid", "x_csrftoken", "x_forwarded_for", "set_cookie", "cookie",
+        "authorization", "proxy-authorization", "x_api_key", "aiohttp_session",
+        "connect.sid", "csrf_token", "csrf", "_csrf", "_csrf_token", "PHPSESSID",
+        "_session", "symfony", "user_session", "_xsrf", "XSRF-TOKEN",
+        # sentry DEFAULT_PII_DENYLIST
+        "x_real_ip", "ip_address", "remote_addr",
+        # compound secrets
+        "credential", "access_token", "refresh_token", "id_token", "api_token",
+        "client_secret", "secret_key", "secret_access_key", "access_key", "signing_key",
+        "encryption_key", "master_key", "db_password", "pwd", "passphrase", "jwt",
+        "bearer", "dsn", "signature", "otp", "pin_code", "sas_token", "x_amz_security_token",
+        # personal data
+        "email", "email_address", "phone", "phone_number", "mobile", "ssn",
+        "social_security_number", "credit_card", "card_number", "cc_number", "cvv",
+        "cvc", "iban", "national_id", "passport_number", "date_of_birth", "dob",
+    }
+)  # fmt: skip
+
+#: Whole keys that end like a pattern but name no secret: left alone.
+NOT_SECRETS: frozenset[str] = frozenset(
+    {
+        "is_mobile", "requires_auth", "needs_auth", "use_auth", "has_auth", "no_auth",
+        "send_email", "email_verified", "has_password", "password_set",
+        "password_changed_at", "token_count", "token_type", "tokens_used", "max_tokens",
+        "auth_method", "auth_type", "auth_scheme", "author", "authors", "oauth",
+        "session_count", "session_id_length", "phone_verified", "pwd_dir", "oldpwd",
+    }
+)  # fmt: skip
+
+#: Query and fragment parameters whose values are masked in URLs and free text,
+#: besides any parameter whose name is a sensitive key: the OpenTelemetry HTTP
+#: conventions' list for ``url.query`` and the signed-URL and OAuth names.
+SENSITIVE_PARAMS: frozenset[str] = frozenset(
+    {
+        "password", "passwd", "pwd", "pass", "token", "access_token", "refresh_token",
+        "id_token", "auth", "auth_token", "secret", "client_secret", "key", "api_key",
+        "apikey", "sig", "signature", "code", "awsaccesskeyid", "x-amz-signature",
+        "x-amz-credential", "x-amz-security-token", "x-goog-signature",
+        "x-goog-credential", "sas", "sv",
+    }
+)  # fmt: skip
+
+
+def _fold(key: str) -> str:
+    """Lower case, alphanumerics only: ``X-Api_Key`` -> ``xapikey``."""
+    return "".join(ch for ch in key.lower() if ch.isalnum())
+
+
+class KeyMatcher:
+    """Decides whether a key names a secret, remembering its answers.
+
+    Event keys repeat endlessly, so each distinct key is folded once; the cache
+    is bounded so a stream of unique keys cannot grow it without limit.
+    """
+
+    __slots__ = ("_exempt", "_lengths", "_patterns", "cache", "tails")
+
+    _CACHE_LIMIT = 4096
+
+    def __init__(
+        self, patterns: Iterable[str] = DEFAULT_PATTERNS, not_secrets: Iterable[str] = NOT_SECRETS
+    ) -> None:
+        folded = {f for f in map(_fold, patterns) if f}
+        self._patterns = frozenset(folded | {f + "s" for f in folded})
+        self._lengths = tuple(sorted({len(p) for p in self._patterns}, reverse=True))
+        self._exempt = frozenset(map(_fold, not_secrets))
+        #: the last one to three characters of every pattern: a name whose end
+        #: is not among them cannot match (a cheap first test for free text)
+        self.tails = frozenset(p[-n:] for p in self._patterns for n in (1, 2, 3))
+        #: key -> sensitive?; read directly on the logging hot path.
+        self.cache: dict[object, bool] = {}
+
+    def __call__(self, key: object) -> bool:
+        if isinstance(key, bytearray):
+            key = bytes(key)
+        elif not isinstance(key, str | bytes):
+            return False
+        hit = self.cache.get(key)
+        return self.classify(key) if hit is None else hit
+
+    def classify(self, key: object) -> bool:
+        if isinstance(key, bytearray):
+            return self.classify(bytes(key))  # cached under the hashable bytes
+        if isinstance(key, bytes):
+            name = key.decode("latin-1")
+        elif isinstance(key, str):
+            name = key
+        else:
+            return False
+        folded = _fold(name)
+        hit = folded not in self._exempt and any(
+            folded[-n:] in self._patterns for n in self._lengths if n <= len(folded)
+        )
+        if len(self.cache) >= self._CACHE_LIMIT:
+            self.cache.clear()
+        self.cache[key] = hit
+        return hit
+
+
+_default_keys = KeyMatcher()
+
+
+def is_sensitive_key(key: object, extra_patterns: Iterable[str] = ()) -> bool:
+    """True when ``key`` (``str`` or ``bytes``) names a secret or personal datum."""
+    if extra_patterns:
+        return KeyMatcher([*DEFAULT_PATTERNS, *extra_patterns])(key)
+    return _default_keys(key)
+
+
+# --- URLs --------------------------------------------------------------------------
+
+_SCHEME = re.compile(r"[A-Za-z][\w+.\-]*://")
+
+
+def _split(url: str) -> tuple[str, str | None, str] | None:
+    """``(scheme://, user-info or None, rest)`` of ``url``; ``None`` if not a URL.
+
+    The user-info ends at the last ``@`` before the query: the first ``?`` or
+    ``#`` that has an ``@`` before it (a ``?`` with none before it may be part of
+    the password). So a password holding ``/``, ``:``, ``?`` or even an
+    unencoded ``@`` is taken whole, and an ``@`` in a query value does not move
+    it. A user name never holds ``/``, ``?`` or ``#`` (``https://h/users/@me``
+    has no user-info), and a URL whose authority is empty (``sqlite:///path``)
+    has none either. (A password holding both ``@`` and ``?`` or ``#`` is beyond
+    any parser: percent-encode it.)
+    """
+    scheme = _SCHEME.match(url)
+    if scheme is None:
+        return None
+    head, after = scheme.group(0), url[scheme.end() :]
+    if not after or after[0] in "/?#" or "@" not in after:
+        return head, None, after
+    end = len(after)
+    seen_at = False
+    for index, char in enumerate(after):
+        if char == "@":
+            seen_at = True
+        elif char in "?#" and seen_at:
+            end = index
+            break
+    at = after.rfind("@", 0, end)
+    if at == -1:
+        return head, None, after
+    userinfo = after[:at]
+    username = userinfo.partition(":")[0]
+    if any(c in username for c in "/?#"):
+        return head, None, after
+    return head, userinfo, after[at + 1 :]
+_PARAM = re.compile(r"(?P<lead>[?&;#])(?P<name>[^=&;#?\s]+)=(?P<value>[^&;#]*)")
+
+
+@dataclass(frozen=True)
+class ParsedUrl:
+    """A URL split the way the kit masks it (user-info up to the last ``@``)."""
+
+    scheme: str
+    username: str | None
+    password: str | None
+    netloc: str
+    path: str
+    query: str
+
+    @property
+    def host(self) -> str | None:
+        host = self.netloc
+        if host.startswith("["):  # IPv6 literal
+            return host[1 : host.index("]")] if "]" in host else host
+        return host.rsplit(":", 1)[0] if ":" in host else (host or None)
+
+    @property
+    def port(self) -> int | None:
+        tail = self.netloc.rsplit("]", 1)[-1]
+        if ":" not in tail:
+            return None
+        text = tail.rsplit(":", 1)[1]
+        if not text.isdigit():
+            raise ValueError(f"port {text!r} is not a number")
+        return int(text)
+
+
+def parse_url(url: str) -> ParsedUrl:
+    """Split ``scheme://[user[:password]@]netloc[/path][?query]``, decoding user and
+    password, with the user-info ending at the last ``@`` before the query (as
+    :func:`mask_url`)."""
+    split = _split(url)
+    if split is None:
+        raise ValueError("not a URL: expected scheme://host...")
+    scheme, userinfo, rest = split
+    username = password = None
+    if userinfo is not None:
+        user, sep, secret = userinfo.partition(":")
+        username = unquote(user) if user else None
+        password = unquote(secret) if sep else None
+    rest, _, query = rest.partition("?")
+    netloc, slash, path = rest.partition("/")
+    return ParsedUrl(
+        scheme=scheme[:-3].lower(),
+        username=username,
+        password=password,
+        netloc=netloc,
+        path=slash + path,
+        query=query,
+    )
+
+
+# --- free text -----------------------------------------------------------------
+
+# Free text is scanned for separators and URL markers with str methods and
+# small anchored matches, not with one big regex over every position: log
+# messages are mostly prose, and a regex trying a name at each word costs
+# ten times more than the whole log call.
+
+
+def _separators(text: str) -> list[int]:
+    """Positions of every ``=`` and ``:``, in order (str.find: C speed)."""
+    found: list[int] = []
+    for sep in "=:":
+        at = text.find(sep)
+        while at != -1:
+            found.append(at)
+            at = text.find(sep, at + 1)
+    found.sort()
+    return found
+
+
+# read on the reversed text, from just before a separator: blanks, an optional
+# closing quote, the name, and the character before it (an opening quote?)
+_NAME_BEFORE = re.compile(r"([ \t]*)(['\"]?)([A-Za-z0-9_.\-]+)(.?)", re.DOTALL)
+_SCHEME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
+_VALUE = re.compile(
+    r"[ \t]*(?:(?:[Bb]earer|BEARER|[Bb]asic|BASIC|[Tt]oken)[ \t]+)?"
+    # a quoted value may have lost its closing quote to truncation: mask to the end
+    r"(?:\"(?:[^\"\\\n]|\\.)*\"?|'(?:[^'\\\n]|\\.)*'?|[^\s&#\"'<>]+)"
+)
+_URL_TAIL = re.compile(r"[^\s\"'<>]*")
+_CREDENTIAL = re.compile(r"\b((?:[Bb]earer|BEARER|[Bb]asic|BASIC)[ \t]+)[\w.~+/=\-]{6,}")
+_JWT = re.compile(r"\beyJ[\w\-]{4,}\.[\w\-]+\.[\w\-]*")
+
+
+class Scrubber:
+    """The kit's rules with one configuration: extra key patterns, extra query
+    parameters and the replacement for redacted values.
+
+    Use the module-level functions for the defaults; the logging pipeline and
+    the span scrubber build one from the profile.
+    """
+
+    __slots__ = ("keys", "params", "replacement")
+
+    def __init__(
+        self,
+        extra_patterns: Iterable[str] = (),
+        extra_params: Iterable[str] = (),
+        replacement: str = REDACTED,
+    ) -> None:
+        extra = list(extra_patterns)
+        for pattern in extra:
+            if not isinstance(pattern, str) or not _fold(pattern):
+                raise ValueError(f"redaction pattern must be a non-empty key name, got {pattern!r}")
+        self.keys = KeyMatcher([*DEFAULT_PATTERNS, *extra]) if extra else _default_keys
+        self.params = SENSITIVE_PARAMS | {p.lower() for p in extra_params}
+        self.replacement = replacement
+
+    # URLs ---------------------------------------------------------------------
+
+    def _masked_params(self, text: str, mask: str) -> str:
+        def one(match: re.Match[str]) -> str:
+            name = unquote(match.group("name"))
+            if match.group("value") and (name.lower() in self.params or self.keys(name)):
+                return f"{match.group('lead')}{match.group('name')}={mask}"
+            return match.group(0)
+
+        return _PARAM.sub(one, text)
+
+    def mask_query(self, query: str, mask: str = MASK) -> str:
+        """A query string (without ``?``) with sensitive parameter values as ``mask``."""
+        if "=" not in query:
+            return query
+        return self._masked_params("?" + query, mask)[1:]
+
+    def mask_url(self, url: str, param_mask: str = MASK) -> str:
+        """``url`` with its password as ``***`` and sensitive parameter values as
+        ``param_mask``."""
+        split = _split(url)
+        if split is None:
+            return url
+        scheme, userinfo, rest = split
+        if userinfo is not None:
+            user, sep, secret = userinfo.partition(":")
+            if sep and secret:
+                userinfo = f"{user}:{MASK}"
+        if "=" in rest:
+            rest = self._masked_params(rest, param_mask)
+        head = scheme + (f"{userinfo}@" if userinfo is not None else "")
+        return head + rest
+
+    # text ---------------------------------------------------------------------
+
+    def text(self, text: str) -> str:
+        """``text`` with every secret the rules recognise replaced. Returns the
+        same object when nothing changed."""
+        out = text
+        if "=" in out or ":" in out:
+            out = self._pairs(out)
+            if "://" in out:
+                out = self._urls(out)
+        if "earer" in out or "EARER" in out or "asic" in out or "ASIC" in out:
+            out = _CREDENTIAL.sub(lambda m: m.group(1) + self.replacement, out)
+        if "eyJ" in out:
+            out = _JWT.sub(self.replacement, out)
+        return text if out == text else out
+
+    def _pairs(self, text: str) -> str:
+        """``name=value``/``name: value`` (names quoted or not) with a sensitive name."""
+        pieces: list[str] = []
+        done = 0  # text[:done] is in pieces
+        backwards = ""  # the text reversed, made once a name needs reading
+        tails = self.keys.tails
+        for at in _separators(text):
+            if at < done:
+                continue
+            # fast reject: a sensitive name ends in the last letters of a pattern
+            end = at
+            while end > done and text[end - 1] in " \t\"'":
+                end -= 1
+            tail = "".join(c for c in text[max(done, end - 6) : end].lower() if c.isalnum())
+            if tail[-3:] not in tails:
+                continue
+            if not backwards:
+                backwards = text[::-1]
+            name_match = _NAME_BEFORE.match(backwards, len(text) - at)
+            if name_match is None:
+                continue
+            quote = name_match.group(2)
+            name = name_match.group(3)[::-1].lstrip("0123456789.-")
+            if not name or len(text) - name_match.end() < done:
+                continue
+            if quote and name_match.group(4) != quote:
+                continue
+            if not (self.keys(name) or name.lower() in self.params):
+                continue
+            value = _VALUE.match(text, at + 1)
+            if value is None:
+                continue
+            raw = value.group(0).lstrip(" \t")
+            quote = raw[0] if raw[:1] in ("'", '"') else ""
+            shown = quote + self.replacement + quote
+            pieces.append(text[done : value.end() - len(raw)])
+            pieces.append(shown)
+            done = value.end()
+        if not pieces:
+            return text
+        pieces.append(text[done:])
+        return "".join(pieces)
+
+    def _urls(self, text: str) -> str:
+        pieces: list[str] = []
+        done = 0
+        at = text.find("://")
+        while at != -1:
+            start = at
+            while start > done and text[start - 1] in _SCHEME_CHARS:
+                start -= 1
+            while start < at and not text[start].isalpha():
+                start += 1
+            tail = _URL_TAIL.match(text, at + 3)
+            end = tail.end() if tail is not None else at + 3
+            if start < at:
+                masked = self.mask_url(text[start:end])
+                if masked != text[start:end]:
+                    pieces.append(text[done:start])
+                    pieces.append(masked)
+                    done = end
+            at = text.find("://", max(end, at + 3))
+        if not pieces:
+            return text
+        pieces.append(text[done:])
+        return "".join(pieces)
+
+
+_default = Scrubber()
+
+
+def mask_url(url: str) -> str:
+    """``url`` with its password and sensitive query/fragment values as ``***``."""
+    return _default.mask_url(url)
+
+
+def scrub_text(text: str) -> str:
+    """``text`` with the secrets the default rules recognise replaced."""
+    return _default.text(text)
+
+
+# --- secret values in settings ---------------------------------------------------
+
+
+class SecretUrl:
+    """A URL whose password is masked everywhere but ``get_secret_value()``.
+
+    To a connection URL what pydantic's ``SecretStr`` is to a password:
+    ``str()``, ``repr()`` and JSON serialisation show :func:`mask_url` of it;
+    only backends call ``get_secret_value()``.
+    """
+
+    __slots__ = ("_masked", "_value")
+
+    def __init__(self, value: str) -> None:
+        if not isinstance(value, str):
+            raise TypeError(f"SecretUrl takes a str, got {type(value).__name__}")
+        self._value = value
+        self._masked = mask_url(value)
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    @property
+    def masked(self) -> str:
+        return self._masked
+
+    @property
+    def scheme(self) -> str:
+        return self._value.split("://", 1)[0].lower() if "://" in self._value else ""
+
+    def parsed(self) -> ParsedUrl:
+        return parse_url(self._value)
+
+    def __str__(self) -> str:
+        return self._masked
+
+    def __repr__(self) -> str:
+        return f"SecretUrl({self._masked!r})"
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, SecretUrl):
+            return self._value == other._value
+        return NotImplemented
+
+    def __hash__(self) -> int:
+        return hash(self._value)
+
+    def __len__(self) -> int:
+        return len(self._value)
+
+    @classmethod
+    def __get_pydantic_core_schema__(
+        cls, source: type[Any], handler: GetCoreSchemaHandler
+    ) -> core_schema.CoreSchema:
+        def validate(value: Any) -> SecretUrl:
+            if isinstance(value, SecretUrl):
+                return value
+            if not isinstance(value, str):
+                raise ValueError("expected a URL string")
+            value = value.strip()
+            if not value:
+                raise ValueError("URL cannot be empty")
+            if "://" not in value:
+                raise ValueError(
+                    "not a URL: expected scheme://host..., e.g. redis://127.0.0.1:6379/0"
+                )
+            return cls(value)
+
+        return core_schema.no_info_plain_validator_function(
+            validate,
+            serialization=core_schema.plain_serializer_function_ser_schema(
+                lambda v: v.masked, when_used="json"
+            ),
+        )
+
+    @classmethod
+    def __get_pydantic_json_schema__(
+        cls, schema: core_schema.CoreSchema, handler: GetJsonSchemaHandler
+    ) -> JsonSchemaValue:
+        return {"type": "string", "format": "uri", "writeOnly": True}
+
+
+def reveal(value: object) -> object:
+    """The real value behind ``SecretUrl``/``SecretStr``; anything else as is."""
+    getter = getattr(value, "get_secret_value", None)
+    return getter() if callable(getter) else value

@@ -1,0 +1,332 @@
+"""The redaction rules at the rendered output: sentry-python's scrubber cases,
+the key matrix, and what must stay visible."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import structlog
+
+from infrakit.logging import configure_logging, reset_logging
+from infrakit.scrub import NOT_SECRETS, is_sensitive_key, mask_url, scrub_text
+from infrakit.settings.models import RedactSettings, ServiceSettings, TelemetrySettings
+from infrakit.telemetry import TelemetryProvider
+
+R = "[REDACTED]"
+
+
+@pytest.fixture
+def lines() -> Iterator[Any]:
+    """``lines(**configure_logging options)`` -> a callable returning the JSON lines so far."""
+    out = io.StringIO()
+
+    def configure(**options: Any) -> Any:
+        configure_logging("DEBUG", "json", stream=out, **options)
+        return lambda: [json.loads(line) for line in out.getvalue().splitlines()]
+
+    yield configure
+    reset_logging()
+
+
+def _frame(event: dict[str, Any], name: str) -> dict[str, Any]:
+    frames = [f for exc in event["exception"] for f in exc["frames"] if f["name"] == name]
+    assert frames, event
+    return frames[0]
+
+
+class TestSentryScrubberCases:
+    """sentry-python's tests/test_scrubber.py, as they apply to a log pipeline."""
+
+    def test_request_scrubbing(self, lines: Any) -> None:
+        read = lines()
+        request = {
+            "headers": {
+                "COOKIE": "secret",
+                "authorization": "Bearer bla",
+                "ORIGIN": "google.com",
+                "ip_address": "127.0.0.1",
+            },
+            "cookies": {"sessionid": "secret", "foo": "bar"},
+            "data": {"token": "secret", "foo": "bar"},
+        }
+        structlog.get_logger().info("request", request=request)
+        assert read()[0]["request"] == {
+            "headers": {"COOKIE": R, "authorization": R, "ORIGIN": "google.com", "ip_address": R},
+            # stricter than Sentry: "cookies" is the plural of a pattern, so the
+            # whole mapping goes (Sentry keeps "foo" and filters "sessionid")
+            "cookies": R,
+            "data": {"token": R, "foo": "bar"},
+        }
+
+    def test_stack_var_scrubbing(self, lines: Any) -> None:
+        read = lines(traceback_locals=True)
+        try:
+            password = "supersecret"  # noqa: F841
+            api_key = "1231231231"  # noqa: F841
+            safe = "keepthis"  # noqa: F841
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            structlog.get_logger().exception("boom")
+        variables = _frame(read()[0], "test_stack_var_scrubbing")["locals"]
+        assert variables["password"] == R
+        assert variables["api_key"] == R
+        assert variables["safe"] == "'keepthis'"
+
+    def test_no_locals_unless_asked(self, lines: Any) -> None:
+        read = lines()
+        try:
+            safe = "keepthis"  # noqa: F841
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            structlog.get_logger().exception("boom")
+            logging.getLogger("lib").exception("stdlib boom")
+        for event in read():
+            assert "locals" not in _frame(event, "test_no_locals_unless_asked")
+            assert "keepthis" not in json.dumps(event)
+
+    def test_breadcrumb_extra_scrubbing(self, lines: Any) -> None:
+        read = lines()
+        logger = logging.getLogger("breadcrumbs")
+        logger.warning("breadcrumb 1", extra={"foo": 1, "password": "secret"})
+        logger.critical("whoops", extra={"bar": 69, "auth": "secret"})
+        first, second = read()
+        assert (first["foo"], first["password"]) == (1, R)
+        assert (second["bar"], second["auth"]) == (69, R)
+
+    def test_span_data_scrubbing(self) -> None:
+        provider = TelemetryProvider(TelemetrySettings(exporter="memory"), ServiceSettings())
+        provider.initialize()
+        try:
+            with provider.tracer.start_as_current_span("bar") as span:
+                span.set_attribute("password", "secret")
+                span.set_attribute("datafoo", "databar")
+            (finished,) = provider.finished_spans()
+        finally:
+            provider.shutdown()
+        assert finished.attributes["password"] == R
+        assert finished.attributes["datafoo"] == "databar"
+
+    def test_custom_denylist(self, lines: Any) -> None:
+        read = lines(
+            additional_pii_patterns=["my_sensitive_var", "my_pii_var"], traceback_locals=True
+        )
+        try:
+            my_sensitive_var = "secret"  # noqa: F841
+            my_pii_var = "jane.doe"  # noqa: F841
+            safe = "keepthis"  # noqa: F841
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            structlog.get_logger().exception("boom")
+        variables = _frame(read()[0], "test_custom_denylist")["locals"]
+        assert variables["my_sensitive_var"] == R
+        assert variables["my_pii_var"] == R
+        assert variables["safe"] == "'keepthis'"
+
+    def test_custom_denylist_reaches_spans(self) -> None:
+        provider = TelemetryProvider(
+            TelemetrySettings(exporter="memory"),
+            ServiceSettings(),
+            redact=RedactSettings(extra_patterns=["national_id"], extra_params=["ticket"]),
+        )
+        provider.initialize()
+        try:
+            with provider.tracer.start_as_current_span("x") as span:
+                span.set_attribute("user.national_id", "X123")
+                span.set_attribute("url.query", "ticket=T1&page=2")
+            (finished,) = provider.finished_spans()
+        finally:
+            provider.shutdown()
+        assert finished.attributes["user.national_id"] == R
+        assert finished.attributes["url.query"] == "ticket=REDACTED&page=2"
+
+    def test_scrubbing_doesnt_affect_local_vars(self, lines: Any) -> None:
+        read = lines(traceback_locals=True)
+        try:
+            password = "cat123"
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            structlog.get_logger().exception("boom")
+        assert (
+            _frame(read()[0], "test_scrubbing_doesnt_affect_local_vars")["locals"]["password"] == R
+        )
+        assert password == "cat123"
+
+    def test_recursive_scrubbing(self, lines: Any) -> None:
+        read = lines()
+        structure = {"deep": {"deeper": [{"deepest": {"password": "my_darkest_secret"}}]}}
+        structlog.get_logger().info("deep", extra=structure)
+        assert read()[0]["extra"]["deep"]["deeper"][0]["deepest"]["password"] == R
+        assert structure["deep"]["deeper"][0]["deepest"]["password"] == "my_darkest_secret"
+
+    def test_scrubber_does_not_override_original(self, lines: Any) -> None:
+        read = lines(traceback_locals=True)
+        data = {"csrf": "secret"}
+        try:
+            raise RuntimeError("An error")
+        except RuntimeError:
+            structlog.get_logger().exception("boom", data=data)
+        event = read()[0]
+        assert event["data"] == {"csrf": R}
+        assert (
+            "secret"
+            not in _frame(event, "test_scrubber_does_not_override_original")["locals"]["data"]
+        )
+        assert data == {"csrf": "secret"}
+
+
+# Sentry's DEFAULT_DENYLIST and DEFAULT_PII_DENYLIST (sentry_sdk/scrubber.py).
+SENTRY_KEYS = [
+    "password", "passwd", "secret", "api_key", "apikey", "auth", "credentials", "mysql_pwd",
+    "privatekey", "private_key", "token", "session", "csrftoken", "sessionid", "x_csrftoken",
+    "x_forwarded_for", "set_cookie", "cookie", "authorization", "proxy-authorization",
+    "x_api_key", "aiohttp_session", "connect.sid", "csrf_token", "csrf", "_csrf",
+    "_csrf_token", "PHPSESSID", "_session", "symfony", "user_session", "_xsrf", "XSRF-TOKEN",
+    "x_real_ip", "ip_address", "remote_addr",
+]  # fmt: skip
+
+
+def _words(key: str) -> list[str]:
+    parts = re.findall(r"[A-Z]+(?=[A-Z][a-z])|[A-Z]?[a-z]+|[A-Z]+|\d+", key)
+    return [p.lower() for p in parts] or [key.lower()]
+
+
+def spellings(key: str) -> list[str]:
+    """Ten ways applications write the same key."""
+    words = _words(key)
+    return [
+        key,
+        key.lower(),
+        key.upper(),
+        "_".join(words),
+        "-".join(words),
+        words[0] + "".join(w.capitalize() for w in words[1:]),
+        "".join(w.capitalize() for w in words),
+        ".".join(words),
+        "user_" + "_".join(words),
+        "X-" + "-".join(w.capitalize() for w in words),
+    ]
+
+
+def _place(position: str, key: str, secret: str) -> None:
+    log = structlog.get_logger()
+    if position == "kwarg":
+        log.info("e", **{key: secret})
+    elif position == "nested":
+        log.info("e", ctx={"outer": {key: secret}})
+    elif position == "list":
+        log.info("e", items=[{"a": 1}, {key: secret}])
+    elif position == "header_pairs":
+        log.info("e", headers=[(key.encode(), secret.encode()), (b"accept", b"*/*")])
+    elif position == "bytes_key":
+        log.info("e", data={key.encode(): secret})
+    elif position == "stdlib_extra":
+        logging.getLogger("lib").warning("e", extra={"ctx": {key: secret}})
+    elif position == "free_text":
+        log.info(f"request with {key}={secret} failed")
+    else:  # pragma: no cover
+        raise AssertionError(position)
+
+
+POSITIONS = [
+    "kwarg", "nested", "list", "header_pairs", "bytes_key", "stdlib_extra", "free_text",
+]  # fmt: skip
+
+
+class TestKeyMatrix:
+    """Every Sentry denylist key, in ten spellings and seven positions: 0 leaks."""
+
+    @pytest.mark.parametrize("position", POSITIONS)
+    def test_no_leak(self, position: str) -> None:
+        out = io.StringIO()
+        configure_logging("INFO", "json", stream=out)
+        leaks = []
+        try:
+            for key in SENTRY_KEYS:
+                for spelling in spellings(key):
+                    secret = f"S3cr3t{abs(hash((spelling, position))) % 10**8:08d}"
+                    start = len(out.getvalue())
+                    _place(position, spelling, secret)
+                    if secret in out.getvalue()[start:]:
+                        leaks.append(spelling)
+        finally:
+            reset_logging()
+        assert leaks == []
+        assert out.getvalue().count("\n") == len(SENTRY_KEYS) * 10
+
+    @pytest.mark.parametrize(
+        "key",
+        [
+            "PGPASSWORD", "userpassword", "authtoken", "passwords", "secrets", "tokens",
+            "aws_secret_access_key", "signing_key", "encryption_key", "credential",
+            "credentials", "refresh_tokens", "clientSecret", "X-Amz-Security-Token",
+        ],
+    )  # fmt: skip
+    def test_compound_and_plural_forms(self, key: str) -> None:
+        assert is_sensitive_key(key)
+        assert is_sensitive_key(key.encode())
+
+
+class TestNotSecrets:
+    """What a naive suffix rule would catch, and must not."""
+
+    VISIBLE = sorted(NOT_SECRETS | {"tokenizer", "token_count", "session_count", "keyboard"})
+
+    @pytest.mark.parametrize("key", VISIBLE)
+    def test_stays_visible(self, key: str, lines: Any) -> None:
+        read = lines()
+        structlog.get_logger().info("e", **{key: "plainvalue"})
+        assert not is_sensitive_key(key)
+        assert read()[0][key] == "plainvalue"
+
+
+class TestTextRules:
+    """Free text: what each rule masks, and what it leaves alone."""
+
+    @pytest.mark.parametrize(
+        ("text", "expected"),
+        [
+            ("see redis://:pw@h:6379/0 now", "see redis://:***@h:6379/0 now"),
+            ("postgresql://u:a@b/c:d@db/x", "postgresql://u:***@db/x"),
+            ("redis://h/0?password=Y&db=1", "redis://h/0?password=***&db=1"),
+            ("https://h/cb#access_token=abc&state=1", "https://h/cb#access_token=***&state=1"),
+            ("GET /x?token=abc&page=2", "GET /x?token=[REDACTED]&page=2"),
+            ("Authorization: Bearer abc.def.ghi", "Authorization: [REDACTED]"),
+            ("sent Basic dXNlcjpwYXNz here", "sent Basic [REDACTED] here"),
+            ("got eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxIn0.c2ln ok", "got [REDACTED] ok"),
+            (
+                "Login(username='ann', password='x\\'y')",
+                "Login(username='ann', password='[REDACTED]')",
+            ),
+            ('{"api_key": "abc", "n": 1}', '{"api_key": "[REDACTED]", "n": 1}'),
+            ("PGPASSWORD=pw psql", "PGPASSWORD=[REDACTED] psql"),
+            ("{'password': 'abcdef+12", "{'password': '[REDACTED]'"),  # cut by truncation
+            ("status: ok, took 12 ms at 01:02:03", "status: ok, took 12 ms at 01:02:03"),
+            ("the tokenizer: fast; author=ann", "the tokenizer: fast; author=ann"),
+            ("https://docs.example.com/a?page=2", "https://docs.example.com/a?page=2"),
+        ],
+    )  # fmt: skip
+    def test_rules(self, text: str, expected: str) -> None:
+        assert scrub_text(text) == expected
+
+    def test_unchanged_text_is_the_same_object(self) -> None:
+        text = "nothing to see: here"
+        assert scrub_text(text) is text
+
+    @pytest.mark.parametrize(
+        ("url", "masked"),
+        [
+            ("postgresql+asyncpg://u:p@ss@h:5432/db", "postgresql+asyncpg://u:***@h:5432/db"),
+            ("postgresql+asyncpg://u@h/db?password=X", "postgresql+asyncpg://u@h/db?password=***"),
+            ("redis://h/0?x=a@b", "redis://h/0?x=a@b"),
+            ("sqlite+aiosqlite:////home/me@corp/app.db", "sqlite+aiosqlite:////home/me@corp/app.db"),
+            ("rediss://:p/w@h:6380/0?ssl_ca_certs=/ca.pem", "rediss://:***@h:6380/0?ssl_ca_certs=/ca.pem"),
+        ],
+    )  # fmt: skip
+    def test_mask_url(self, url: str, masked: str) -> None:
+        assert mask_url(url) == masked
