@@ -184,16 +184,17 @@ def is_sensitive_key(key: object, extra_patterns: Iterable[str] = ()) -> bool:
 # --- URLs --------------------------------------------------------------------------
 
 _SCHEME = re.compile(r"[A-Za-z][\w+.\-]*://")
+_PARAMETER = re.compile(r"[\w.\-%~+\[\]]+=")
 
 
 def _split(url: str) -> tuple[str, str | None, str] | None:
     """``(scheme://, user-info or None, rest)`` of ``url``; ``None`` if not a URL.
 
-    The user-info ends at the last ``@`` before the query: the first ``?`` or
-    ``#`` that has an ``@`` before it (a ``?`` with none before it may be part of
-    the password). So a password holding ``/``, ``:``, ``?`` or even an
-    unencoded ``@`` is taken whole, and an ``@`` in a query value does not move
-    it. A user name never holds ``/``, ``?`` or ``#`` (``https://h/users/@me``
+    The user-info ends at the last ``@`` before the query, which starts at the
+    first ``?`` or ``#`` that has an ``@`` before it and a ``name=`` after it (any
+    other ``?`` may be part of the password). So a password holding ``/``,
+    ``:``, ``?`` or even an unencoded ``@`` is taken whole, and an ``@`` in a
+    query value does not move it. A user name never holds ``/``, ``?`` or ``#`` (``https://h/users/@me``
     has no user-info), and a URL whose authority is empty (``sqlite:///path``)
     has none either. (A password holding both ``@`` and ``?`` or ``#`` is beyond
     any parser: percent-encode it.)
@@ -209,7 +210,7 @@ def _split(url: str) -> tuple[str, str | None, str] | None:
     for index, char in enumerate(after):
         if char == "@":
             seen_at = True
-        elif char in "?#" and seen_at:
+        elif char in "?#" and seen_at and _PARAMETER.match(after, index + 1):
             end = index
             break
     at = after.rfind("@", 0, end)
@@ -220,6 +221,8 @@ def _split(url: str) -> tuple[str, str | None, str] | None:
     if any(c in username for c in "/?#"):
         return head, None, after
     return head, userinfo, after[at + 1 :]
+
+
 _PARAM = re.compile(r"(?P<lead>[?&;#])(?P<name>[^=&;#?\s]+)=(?P<value>[^&;#]*)")
 
 
@@ -311,6 +314,10 @@ _CREDENTIAL = re.compile(r"\b((?:[Bb]earer|BEARER|[Bb]asic|BASIC)[ \t]+)[\w.~+/=
 _JWT = re.compile(r"\beyJ[\w\-]{4,}\.[\w\-]+\.[\w\-]*")
 
 
+#: In :attr:`Scrubber.texts`: "nothing to scrub in this one".
+SAME: Any = object()
+
+
 class Scrubber:
     """The kit's rules with one configuration: extra key patterns, extra query
     parameters and the replacement for redacted values.
@@ -319,7 +326,12 @@ class Scrubber:
     the span scrubber build one from the profile.
     """
 
-    __slots__ = ("keys", "params", "replacement")
+    __slots__ = ("keys", "params", "replacement", "texts")
+
+    #: Short strings repeat endlessly in logs and spans ("POST", "eu-west-1", an
+    #: event name): :meth:`remember` keeps their answer in a bounded table.
+    TEXT_CACHE_LIMIT = 4096
+    TEXT_CACHE_MAX_LEN = 128
 
     def __init__(
         self,
@@ -334,6 +346,24 @@ class Scrubber:
         self.keys = KeyMatcher([*DEFAULT_PATTERNS, *extra]) if extra else _default_keys
         self.params = SENSITIVE_PARAMS | {p.lower() for p in extra_params}
         self.replacement = replacement
+        #: text -> :data:`SAME` or its scrubbed form; read directly on hot paths
+        self.texts: dict[str, object] = {}
+
+    def remember(self, text: str) -> str:
+        """:meth:`text`, remembering the answer for a short ``text``."""
+        scrubbed = self.text(text)
+        if len(text) <= self.TEXT_CACHE_MAX_LEN:
+            if len(self.texts) >= self.TEXT_CACHE_LIMIT:
+                self.texts.clear()
+            self.texts[text] = SAME if scrubbed is text else scrubbed
+        return scrubbed
+
+    def cached_text(self, text: str) -> str:
+        """:meth:`text` through the table of short strings seen before."""
+        hit = self.texts.get(text)
+        if hit is None:
+            return self.remember(text)
+        return text if hit is SAME else hit  # type: ignore[return-value]
 
     # URLs ---------------------------------------------------------------------
 

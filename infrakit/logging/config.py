@@ -8,7 +8,8 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from typing import IO, Any, TextIO
 
 import structlog
@@ -140,6 +141,13 @@ class _ScrubbedTraceback:
         sio.write("\n" + self._scrub("".join(lines)))
 
 
+def _repr(value: object) -> str:
+    try:
+        return repr(value)
+    except Exception as error:  # noqa: BLE001 - logging must never raise into the caller
+        return f"<{type(value).__name__} (repr failed: {type(error).__name__})>"
+
+
 class _SafeRenderer:
     """The final renderer, which must never raise into a log call: if it
     fails, the line says so, with the (scrubbed) event text."""
@@ -174,19 +182,48 @@ def _validate(log_level: str, log_format: str) -> tuple[str, str]:
     return log_level.strip().upper(), log_format
 
 
-#: Lists that receive a copy of every (redacted) event: what
-#: ``infrakit.testing``'s ``captured_logs`` reads. Empty in production.
+#: Lists that receive a copy of every (redacted) event while a :func:`tap` is
+#: open (what ``infrakit.testing``'s ``captured_logs`` reads).
 _taps: list[list[dict[str, Any]]] = []
+#: The live processor chains of the current configuration (structlog's, and the
+#: stdlib formatter's), with the position just after redaction: a tap is put
+#: in there only while one is open, so production pipelines carry no test hook.
+_chains: list[tuple[list[Processor], int]] = []
 
 
 def _tap(logger: object, method_name: str, event_dict: EventDict) -> EventDict:
-    if _taps:
-        event = dict(event_dict)
-        event.pop("_record", None)
-        event.pop("_from_structlog", None)
-        for tap in _taps:
-            tap.append(event)
+    event = dict(event_dict)
+    event.pop("_record", None)
+    event.pop("_from_structlog", None)
+    for tap in _taps:
+        tap.append(event)
     return event_dict
+
+
+def _place_tap() -> None:
+    for chain, at in _chains:
+        present = _tap in chain
+        if _taps and not present:
+            chain.insert(at, _tap)
+        elif not _taps and present:
+            chain.remove(_tap)
+
+
+@contextmanager
+def tap() -> Iterator[list[dict[str, Any]]]:
+    """Every event logged inside the block, as the dicts the pipeline rendered
+    (redacted), structlog and stdlib alike, whether logging is configured
+    before or during the block."""
+    events: list[dict[str, Any]] = []
+    with _lock:
+        _taps.append(events)
+        _place_tap()
+    try:
+        yield events
+    finally:
+        with _lock:
+            _taps.remove(events)
+            _place_tap()
 
 
 def build_processors(
@@ -210,15 +247,20 @@ def build_processors(
     ]
     renderer: Processor
     if log_format == "console" or development:
-        renderer = structlog.dev.ConsoleRenderer(
+        console = structlog.dev.ConsoleRenderer(
             colors=development, exception_formatter=_ScrubbedTraceback(scrub, traceback_locals)
         )
+        renderer = _SafeRenderer(console, scrub)
     else:
         # rendered before redaction, so messages, tracebacks and locals are scrubbed
         shared.append(_JsonExceptions(traceback_locals))
-        renderer = structlog.processors.JSONRenderer()
-    shared += [redactor, _tap]
-    return shared, _SafeRenderer(renderer, scrub)
+        # The redactor leaves only JSON-safe values (odd objects become their
+        # scrubbed repr, keys strings); the fallbacks are a second line.
+        renderer = structlog.processors.JSONRenderer(
+            default=lambda value: scrub(_repr(value)), skipkeys=True
+        )
+    shared.append(redactor)
+    return shared, renderer
 
 
 def configure_logging(
@@ -253,19 +295,23 @@ def configure_logging(
         extra_params=extra_params,
         traceback_locals=traceback_locals,
     )
+    processors: list[Processor] = [*shared, renderer]
+    foreign: list[Processor] = [
+        structlog.stdlib.add_logger_name,
+        structlog.stdlib.ExtraAdder(),
+        *shared,
+    ]
     with _lock:
+        _chains[:] = [(processors, len(shared)), (foreign, len(foreign))]
+        _place_tap()
         structlog.configure(
-            processors=[*shared, renderer],
+            processors=processors,
             wrapper_class=structlog.make_filtering_bound_logger(level),
             logger_factory=_StdoutLoggerFactory(stream),
             cache_logger_on_first_use=False,
         )
         formatter = structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=[
-                structlog.stdlib.add_logger_name,
-                structlog.stdlib.ExtraAdder(),
-                *shared,
-            ],
+            foreign_pre_chain=foreign,
             processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
         )
         handler = _PipelineHandler(stream)
@@ -298,6 +344,7 @@ def reset_logging() -> None:
         structlog.reset_defaults()
         _remove_handlers(logging.getLogger())
         logging.getLogger().setLevel(logging.WARNING)
+        _chains.clear()
         _configured = False
 
 

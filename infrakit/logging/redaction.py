@@ -16,7 +16,7 @@ import dataclasses
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-from infrakit.scrub import DEFAULT_PATTERNS, REDACTED, Scrubber, is_sensitive_key
+from infrakit.scrub import DEFAULT_PATTERNS, REDACTED, SAME, Scrubber, is_sensitive_key
 
 __all__ = [
     "DEFAULT_PATTERNS",
@@ -48,7 +48,7 @@ class PIIRedactor:
     changes, and the caller's objects are never mutated.
     """
 
-    __slots__ = ("_cache", "_keys", "_scrub", "replacement", "scrubber")
+    __slots__ = ("_cache", "_keys", "_scrub", "_text", "_texts", "replacement", "scrubber")
 
     def __init__(
         self,
@@ -61,6 +61,9 @@ class PIIRedactor:
         self._keys = self.scrubber.keys
         self._cache = self._keys.cache
         self._scrub = self.scrubber.text
+        # short strings' answers, remembered by the scrubber: read inline below
+        self._texts = self.scrubber.texts
+        self._text = self.scrubber.remember
         self.replacement = replacement
 
     def __call__(self, logger: object, method_name: str, event_dict: Any) -> Any:
@@ -77,7 +80,7 @@ class PIIRedactor:
         # level is redacted in place; nested values are the caller's and are
         # copied on write. This loop is the hot path of every log line.
         cache = self._cache
-        scrub = self._scrub
+        texts = self._texts
         for key, value in event_dict.items():
             sensitive = cache.get(key)
             if sensitive is None:
@@ -86,7 +89,11 @@ class PIIRedactor:
                 event_dict[key] = self.replacement
             elif type(value) is str:
                 if key not in _KIT_KEYS:
-                    event_dict[key] = scrub(value)
+                    hit = texts.get(value)
+                    if hit is None:
+                        event_dict[key] = self._text(value)
+                    elif hit is not SAME:
+                        event_dict[key] = hit
             elif type(value) not in _PLAIN and key not in _PASS_KEYS:
                 event_dict[key] = self._value(value, 1)
         return event_dict
@@ -99,7 +106,10 @@ class PIIRedactor:
     def _value(self, value: Any, depth: int) -> Any:
         kind = type(value)
         if kind is str:
-            return self._scrub(value)
+            hit = self._texts.get(value)
+            if hit is None:
+                return self._text(value)
+            return value if hit is SAME else hit
         if kind in _PLAIN:
             return value
         if depth > _MAX_DEPTH:
@@ -140,9 +150,10 @@ class PIIRedactor:
 
     def _sequence(self, value: list[Any] | tuple[Any, ...], depth: int) -> Any:
         out: list[Any] | None = None
+        texts = self._texts
         for index, item in enumerate(value):
             kind = type(item)
-            if kind in _PLAIN:
+            if kind in _PLAIN or (kind is str and texts.get(item) is SAME):
                 continue
             if (
                 kind is tuple
@@ -167,13 +178,14 @@ class PIIRedactor:
     ) -> Mapping[Any, Any]:
         out: dict[Any, Any] | None = None
         cache = self._cache
+        texts = self._texts
         for key, item in value.items():
             sensitive = cache.get(key)
             if sensitive is None:
                 sensitive = self._keys.classify(key)
             if sensitive:
                 new = self.replacement
-            elif type(item) in _PLAIN:
+            elif (kind := type(item)) in _PLAIN or (kind is str and texts.get(item) is SAME):
                 new = item
             else:
                 new = self._value(item, depth + 1)

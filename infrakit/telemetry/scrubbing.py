@@ -30,7 +30,7 @@ from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
 from opentelemetry.trace import Link, Status
 
-from infrakit.scrub import Scrubber
+from infrakit.scrub import SAME, Scrubber
 
 __all__ = ["QUERY_MASK", "ScrubbingSpanExporter", "sanitize_sql"]
 
@@ -39,6 +39,7 @@ QUERY_MASK = "REDACTED"
 _QUERY_KEYS = frozenset({"url.query"})
 _URL_KEYS = frozenset({"url.full", "http.url", "url.original"})
 _SQL_KEYS = frozenset({"db.statement", "db.query.text"})
+_SPECIAL = _QUERY_KEYS | _URL_KEYS | _SQL_KEYS
 
 # String literals ('...' with '' escapes, E'...' too), dollar-quoted bodies,
 # and numbers standing alone: what a statement would otherwise carry inline.
@@ -79,21 +80,46 @@ class ScrubbingSpanExporter(SpanExporter):
     # --- the rules ----------------------------------------------------------------
 
     def scrub(self, span: ReadableSpan) -> ReadableSpan:
-        """A copy of ``span`` with the rules applied (the original is not changed)."""
-        text = self._scrubber.text
+        """``span`` with the rules applied: the same object when nothing had to
+        change (the usual case), else a copy (the original is never changed)."""
+        text = self._scrubber.cached_text
+        name = text(span.name)
+        attributes = self.attributes(span.attributes)
+        events = span.events
+        new_events = []
+        for event in events:
+            event_name = text(event.name)
+            event_attributes = self.attributes(event.attributes)
+            if event_name is event.name and event_attributes is None:
+                new_events.append(event)
+            else:
+                new_events.append(
+                    Event(event_name, event_attributes or event.attributes, event.timestamp)
+                )
+        links = span.links
+        new_links = [
+            link if (a := self.attributes(link.attributes)) is None else Link(link.context, a)
+            for link in links
+        ]
         status = span.status
-        if status.description:
+        if status.description and text(status.description) is not status.description:
             status = Status(status.status_code, text(status.description))
+        if (
+            name is span.name
+            and attributes is None
+            and status is span.status
+            and all(a is b for a, b in zip(new_events, events, strict=True))
+            and all(a is b for a, b in zip(new_links, links, strict=True))
+        ):
+            return span
         return ReadableSpan(
-            name=text(span.name),
+            name=name,
             context=span.context,
             parent=span.parent,
             resource=span.resource,
-            attributes=self.attributes(span.attributes),
-            events=[
-                Event(text(e.name), self.attributes(e.attributes), e.timestamp) for e in span.events
-            ],
-            links=[Link(link.context, self.attributes(link.attributes)) for link in span.links],
+            attributes=span.attributes if attributes is None else attributes,
+            events=new_events,
+            links=new_links,
             kind=span.kind,
             status=status,
             start_time=span.start_time,
@@ -101,26 +127,39 @@ class ScrubbingSpanExporter(SpanExporter):
             instrumentation_scope=span.instrumentation_scope,
         )
 
-    def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any]:
+    def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
+        """The scrubbed attributes, or ``None`` when none had to change."""
+        if not attributes:
+            return None
         scrubber = self._scrubber
-        out: dict[str, Any] = {}
-        for key, value in (attributes or {}).items():
-            if scrubber.keys(key):
-                out[key] = scrubber.replacement
-            elif isinstance(value, str):
-                out[key] = self._string(key, value)
-            elif isinstance(value, Sequence) and not isinstance(value, bytes):
-                out[key] = tuple(self._string(key, v) if isinstance(v, str) else v for v in value)
+        keys, texts = scrubber.keys, scrubber.texts
+        out: dict[str, Any] | None = None
+        for key, value in attributes.items():
+            if keys(key):
+                new: Any = scrubber.replacement
+            elif type(value) is str:
+                if key not in _SPECIAL and texts.get(value) is SAME:
+                    continue
+                new = self._string(key, value)
+            elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
+                items = tuple(self._string(key, v) if isinstance(v, str) else v for v in value)
+                new = value if all(a is b for a, b in zip(items, value, strict=True)) else items
             else:
-                out[key] = value
+                continue
+            if new is not value:
+                if out is None:
+                    out = dict(attributes)
+                out[key] = new
         return out
 
     def _string(self, key: str, value: str) -> str:
         scrubber = self._scrubber
         if key in _QUERY_KEYS:
-            return scrubber.mask_query(value, QUERY_MASK)
-        if key in _URL_KEYS:
-            return scrubber.mask_url(value, QUERY_MASK)
-        if key in _SQL_KEYS:
-            return scrubber.text(sanitize_sql(value))
-        return scrubber.text(value)
+            masked = scrubber.mask_query(value, QUERY_MASK)
+        elif key in _URL_KEYS:
+            masked = scrubber.mask_url(value, QUERY_MASK)
+        elif key in _SQL_KEYS:
+            masked = scrubber.text(sanitize_sql(value))
+        else:
+            return scrubber.cached_text(value)
+        return value if masked == value else masked

@@ -6,7 +6,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, overload
 
-from infrakit.logging import config as _logging_config
+from infrakit.logging.config import tap
 from infrakit.telemetry.provider import TelemetryProvider, get_telemetry
 
 __all__ = ["CapturedSpans", "capture_logs"]
@@ -19,12 +19,8 @@ def capture_logs() -> Iterator[list[dict[str, Any]]]:
 
     Works whether logging was configured before or after the block started.
     """
-    events: list[dict[str, Any]] = []
-    _logging_config._taps.append(events)
-    try:
+    with tap() as events:
         yield events
-    finally:
-        _logging_config._taps.remove(events)
 
 
 class CapturedSpans(Sequence[Any]):

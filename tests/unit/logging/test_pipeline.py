@@ -16,6 +16,7 @@ from infrakit.logging import (
     configure_logging,
     get_request_id,
     request_context,
+    reset_logging,
     set_request_id,
 )
 
@@ -208,3 +209,36 @@ class TestContext:
             assert len(event["span_id"]) == 16
         assert "trace_id" not in outside
         assert "span_id" not in outside
+
+
+class TestTap:
+    """Captured logs come from a tap that is in the pipeline only while open."""
+
+    def test_no_hook_in_a_production_pipeline(self) -> None:
+        from infrakit.logging.config import _tap, tap
+
+        stream = io.StringIO()
+        configure_logging("INFO", stream=stream)
+        try:
+            assert _tap not in structlog.get_config()["processors"]
+            with tap() as events:
+                assert _tap in structlog.get_config()["processors"]
+                structlog.get_logger().info("seen", password="x")
+                logging.getLogger("lib").warning("stdlib seen")
+            assert _tap not in structlog.get_config()["processors"]
+            structlog.get_logger().info("not seen")
+        finally:
+            reset_logging()
+        assert [e["event"] for e in events] == ["seen", "stdlib seen"]
+        assert events[0]["password"] == "[REDACTED]"
+
+    def test_configured_inside_the_block(self) -> None:
+        from infrakit.logging.config import tap
+
+        with tap() as events:
+            configure_logging("INFO", stream=io.StringIO())
+            try:
+                structlog.get_logger().info("late")
+            finally:
+                reset_logging()
+        assert [e["event"] for e in events] == ["late"]
