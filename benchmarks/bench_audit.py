@@ -161,7 +161,7 @@ async def main() -> bool:
         ok_batch = await bench_batch(db)
         ok_query = await bench_query(db)
     finally:
-        await db.close()
+        await db.aclose()
         await admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
         await admin.close()
     return ok_batch and ok_query

@@ -76,7 +76,7 @@ async def bench_redis(n: int = 5_000, rounds: int = 5) -> bool:
         if keys:
             await raw.delete(*keys)
         await raw.aclose()
-        await store.close()
+        await store.aclose()
     return ok
 
 

@@ -1,8 +1,9 @@
-"""The ``infrakit`` command.
+"""The ``infrakit`` command (also ``python -m infrakit``).
 
 Errors are one clear line on stderr: exit 2 for usage, 1 for a failed
-validation or check. No traceback unless ``-v``. Secrets are masked in
-everything printed.
+validation or check (``infrakit audit verify``: 1 for a broken chain, 3 when
+the chain could not be checked). No traceback unless ``-v``. Secrets are
+masked in everything printed.
 """
 
 from __future__ import annotations
@@ -18,12 +19,13 @@ import yaml
 
 from infrakit.errors import InfrastructureError
 from infrakit.scrub import scrub_text
-from infrakit.settings.loader import load_settings
+from infrakit.settings.loader import load_settings, parse_value
 from infrakit.settings.models import InfraSettings, flatten
 
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+EXIT_UNCHECKED = 3
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,19 +58,25 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise _UsageError(f"--set expects KEY=VALUE, got {pair!r}")
-        stripped = value.strip()
-        if stripped[:1] in ("[", "{"):
-            try:
-                out[key.strip()] = json.loads(stripped)
-            except json.JSONDecodeError as exc:
-                raise _UsageError(f"--set {key}: value is not valid JSON: {exc.msg}") from None
-        else:
-            out[key.strip()] = value
+        try:
+            out[key.strip()] = parse_value(value)
+        except json.JSONDecodeError as exc:
+            raise _UsageError(f"--set {key}: value is not valid JSON: {exc.msg}") from None
     return out
 
 
 class _UsageError(Exception):
     pass
+
+
+def _timeout(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, got {text!r}")
+    return value
 
 
 def _load(args: argparse.Namespace, profile: str | None = None) -> InfraSettings:
@@ -140,25 +148,24 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _print_states(report: Any) -> None:
+    for c in report.components:
+        latency = f"{c.latency_ms:8.1f} ms" if c.status == "up" else " " * 11
+        line = f"  {c.component:<10} {c.backend:<11} {c.status:<11} {latency}"
+        print(line + (f"  {scrub_text(c.error)}" if c.error else ""))
+
+
 def cmd_describe(args: argparse.Namespace) -> int:
-    """Start Infra on a profile, print what was built, and stop it."""
+    """Print the effective settings, then start each component, report it, stop."""
     from infrakit.container import Infra
 
     settings = _load(args)
-
-    async def run() -> int:
-        infra = Infra(settings)
-        print(f"profile: {settings.profile}")
-        print(_dump(settings.masked(), "yaml"))
-        async with infra:
-            print("components:")
-            for info in infra.describe():
-                detail = f" ({scrub_text(info.detail)})" if info.detail else ""
-                print(f"  {info.component:<10} {info.backend:<11} {info.state}{detail}")
-        print("stopped cleanly")
-        return EXIT_OK
-
-    return asyncio.run(run())
+    print(f"profile: {settings.profile}")
+    print(_dump(settings.masked(), "yaml"))
+    report = asyncio.run(Infra(settings).probe(timeout_s=args.timeout))
+    print("components:")
+    _print_states(report)
+    return EXIT_OK if report.ok else EXIT_FAILED
 
 
 def cmd_db_upgrade(args: argparse.Namespace) -> int:
@@ -166,18 +173,32 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
     settings = _load(args)
     revision = upgrade_sync(settings)
-    print(f"ok: {settings.database.url} is at revision {revision}")
+    shown = getattr(settings.database, "url", settings.database.backend)
+    print(f"ok: {shown} is at revision {revision}")
     return EXIT_OK
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
+    """Exit 0: the chain is intact; 1: tampering found; 3: it could not be checked."""
     from infrakit.container import Infra
 
     settings = _load(args)
 
     async def run() -> int:
-        async with Infra(settings) as infra:
+        infra = Infra(settings)
+        try:
+            # only the audit log and what it is built on (the database)
+            async with asyncio.timeout(args.timeout):
+                await infra.start("audit")
             result = await infra.audit.verify()
+        except (InfrastructureError, OSError, TimeoutError) as error:
+            reason = "timed out" if isinstance(error, TimeoutError) else str(error)
+            print(
+                f"infrakit: could not check the audit chain: {scrub_text(reason)}", file=sys.stderr
+            )
+            return EXIT_UNCHECKED
+        finally:
+            await infra.aclose()
         if result.ok:
             note = f" ({result.reason})" if result.reason else ""
             print(f"ok: {result.checked} audit entries verified{note}")
@@ -193,18 +214,15 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_check(args: argparse.Namespace) -> int:
-    from infrakit.health import check_profile
+    from infrakit.container import Infra
 
     settings = _load(args)
-    report = asyncio.run(check_profile(settings, timeout_s=args.timeout))
+    report = asyncio.run(Infra(settings).probe(timeout_s=args.timeout))
     if args.json:
         print(json.dumps({"profile": settings.profile, **report.to_dict()}, indent=2))
     else:
         print(f"profile: {settings.profile}")
-        for c in report.components:
-            latency = f"{c.latency_ms:8.1f} ms" if c.status == "up" else " " * 11
-            line = f"  {c.component:<10} {c.backend:<11} {c.status:<11} {latency}"
-            print(line + (f"  {c.error}" if c.error else ""))
+        _print_states(report)
     if not report.ok:
         print(f"infrakit: down: {', '.join(report.down)}", file=sys.stderr)
         return EXIT_FAILED
@@ -251,18 +269,26 @@ def build_parser() -> argparse.ArgumentParser:
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
     verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 when broken")
     _profile_args(verify)
+    verify.add_argument(
+        "--timeout", type=_timeout, default=30.0, help="seconds to reach the database (default 30)"
+    )
     verify.set_defaults(func=cmd_audit_verify)
 
     check = sub.add_parser("check", help="health of every component; exit 1 when one is down")
     _profile_args(check)
     check.add_argument("--json", action="store_true", help="machine-readable output")
-    check.add_argument("--timeout", type=float, default=2.0, help="seconds per check (default 2)")
+    check.add_argument(
+        "--timeout", type=_timeout, default=2.0, help="seconds per check (default 2)"
+    )
     check.set_defaults(func=cmd_check)
 
     describe = sub.add_parser(
         "describe", help="start the infrastructure of a profile, print what was built, stop"
     )
     _profile_args(describe)
+    describe.add_argument(
+        "--timeout", type=_timeout, default=5.0, help="seconds per component (default 5)"
+    )
     describe.set_defaults(func=cmd_describe)
     return parser
 

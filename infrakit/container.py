@@ -1,15 +1,19 @@
 """The dependency-injector container and the ``Infra`` facade.
 
-``InfraContainer`` holds the validated settings, a ``Configuration`` fed from
-them, a ``Resource`` for the logging pipeline and one ``Selector`` slot per
-component, keyed on that component's backend setting (``tokens.backend``,
-``telemetry.exporter``, ...). The slot's choices come from
-:mod:`infrakit.registry`, so the kit's backends, third-party ones and an
-application's own are found the same way.
+``InfraContainer`` is the one place where wiring is declared: the validated
+settings, a ``Resource`` for the logging pipeline and, per component, a
+``Selector`` whose choices are *every* registered backend of that component,
+keyed on the validated selector value (``tokens.backend``,
+``telemetry.exporter``, ...). Each choice hands out the running instance of a
+``Resource`` that builds the backend from its own settings section, starts it
+and, at shutdown, closes it (``start``/``aclose``, declared by
+:class:`~infrakit.component.Component`). Overriding a slot is
+dependency-injector's own ``override``.
 
-``Infra`` starts the resources in dependency order (logging, telemetry,
-database, tokens, audit), stops them in reverse, and lets tests swap any
-component for the length of a ``with`` block.
+``Infra`` starts what is asked for and what it depends on (everything by
+default: logging, telemetry, database, tokens, audit), stops in reverse, and
+lets tests swap any component for the length of a ``with`` block. Health,
+the CLI and the pytest plugin all go through it.
 """
 
 from __future__ import annotations
@@ -19,17 +23,27 @@ import inspect
 from collections.abc import AsyncIterator, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import TYPE_CHECKING, Any, Literal, Self, overload
 
 from dependency_injector import containers, providers
 
 from infrakit import registry
+from infrakit.component import Component
 from infrakit.errors import ConfigError, ConfigProblem, InfrastructureError, ShutdownError
-from infrakit.health import HealthReport, check_components
+from infrakit.health import ComponentHealth, HealthReport, check_components
 from infrakit.logging.config import configure_logging
+from infrakit.scrub import scrub_text
 from infrakit.settings.models import InfraSettings
 
+if TYPE_CHECKING:
+    from infrakit.audit.base import AuditLogger
+    from infrakit.database.session import DatabaseSession
+    from infrakit.telemetry.provider import TelemetryProvider
+    from infrakit.tokens.base import TokenStore
+
 __all__ = ["ComponentInfo", "Infra", "InfraContainer"]
+
+ComponentName = Literal["telemetry", "database", "tokens", "audit"]
 
 
 def _init_logging(settings: InfraSettings) -> Iterator[None]:
@@ -48,70 +62,63 @@ def _init_logging(settings: InfraSettings) -> Iterator[None]:
     yield
 
 
-async def _call_maybe_async(func: Any) -> Any:
-    result = func()
-    if inspect.isawaitable(result):
-        result = await result
-    return result
-
-
 async def open_component(
-    spec: registry.BackendSpec, settings: InfraSettings, **dependencies: Any
-) -> AsyncIterator[Any]:
-    """The lifecycle of one backend, as a dependency-injector resource.
-
-    The factory's result is entered with ``async with`` when it supports it;
-    otherwise its ``initialize()`` runs at start and its ``aclose()``,
-    ``close()`` or ``shutdown()`` at stop (each may be sync or async).
-    """
-    component = spec.load()(settings, **dependencies)
-    if inspect.isawaitable(component):
-        component = await component
-    if hasattr(component, "__aenter__") and hasattr(component, "__aexit__"):
-        entered = await component.__aenter__()
-        try:
-            yield entered
-        finally:
-            await component.__aexit__(None, None, None)
-        return
-    initialize = getattr(component, "initialize", None)
-    if callable(initialize):
-        await _call_maybe_async(initialize)
+    component_name: str,
+    backend_name: str,
+    settings: InfraSettings,
+    slots: Mapping[str, providers.Provider[Any]],
+) -> AsyncIterator[Component]:
+    """One backend's lifecycle, as a dependency-injector resource: build it from
+    its validated section and the running components it needs, ``start()`` it,
+    ``aclose()`` it at the end. (The backend module is imported only now, for
+    the one backend a profile selects.)"""
+    backend = registry.get_backend(component_name, backend_name)
+    if backend is None:
+        raise InfrastructureError(f"no {component_name} backend {backend_name!r} is registered")
+    backend.check_installed()
+    dependencies = {dep: slots[dep]() for dep in backend.requires}
+    component = backend.create(settings.section(backend.component), settings, **dependencies)
+    if not isinstance(component, Component):
+        raise TypeError(
+            f"the {backend.component} backend {backend.name!r} built a "
+            f"{type(component).__name__}, which is not an infrakit Component"
+        )
+    await component.start()
     try:
         yield component
     finally:
-        for name in ("aclose", "close", "shutdown"):
-            closer = getattr(component, name, None)
-            if callable(closer):
-                await _call_maybe_async(closer)
-                break
+        await component.aclose()
+
+
+def _selected(settings: InfraSettings, component: str) -> str:
+    return settings.backend_name(component)
 
 
 class InfraContainer(containers.DeclarativeContainer):
-    """Providers for every component; choices are filled from the registry.
+    """The settings, the logging pipeline and one slot per component.
 
     Subclass it to add the application's own providers that depend on the
-    kit's (``InfraContainer.tokens``, ...), and pass the subclass to ``Infra``.
+    kit's (``InfraContainer.tokens``, ...), and pass the subclass to ``Infra``:
+    a slot hands out the running instance, so such providers stay synchronous.
     """
 
-    config = providers.Configuration(strict=True)
     settings: providers.Object[InfraSettings | None] = providers.Object(None)
 
     logging = providers.Resource(_init_logging, settings=settings)
 
-    telemetry = providers.Selector(config.telemetry.exporter)
-    database = providers.Selector(config.database.backend)
-    tokens = providers.Selector(config.tokens.backend)
-    audit = providers.Selector(config.audit.backend)
+    telemetry = providers.Selector(providers.Callable(_selected, settings, "telemetry"))
+    database = providers.Selector(providers.Callable(_selected, settings, "database"))
+    tokens = providers.Selector(providers.Callable(_selected, settings, "tokens"))
+    audit = providers.Selector(providers.Callable(_selected, settings, "audit"))
 
 
 @dataclass(frozen=True, slots=True)
 class ComponentInfo:
-    """What a component was built as (for ``describe()`` and the CLI)."""
+    """What a component was built as (for ``describe()``)."""
 
     component: str
     backend: str
-    state: str  # "ready", "configured", "overridden" or "unavailable"
+    state: str  # "ready", "configured" or "overridden"
     detail: str = ""
 
 
@@ -130,12 +137,6 @@ def _as_provider(value: Any) -> providers.Provider[Any]:
     return value if isinstance(value, providers.Provider) else providers.Object(value)
 
 
-def _selected(settings: InfraSettings, component: str) -> str:
-    section = getattr(settings, component)
-    name: str = getattr(section, registry.SELECTOR_KEYS[component])
-    return name
-
-
 class Infra:
     """The application's infrastructure, built from one validated profile.
 
@@ -144,8 +145,8 @@ class Infra:
         async with Infra.from_profile("local") as infra:
             await infra.tokens.store(jti, user_id, expires_at)
 
-    Constructing it checks the whole graph (backends registered, extras
-    installed, dependencies present) but opens nothing; ``start()`` (or
+    Constructing it wires the container (the settings already validated every
+    backend's keys and installed extras) but opens nothing; ``start()`` (or
     ``async with``) opens, ``aclose()`` closes in reverse order.
     ``components={"tokens": my_store}`` puts the application's own object or
     provider in a slot, ahead of any registered backend.
@@ -166,11 +167,10 @@ class Infra:
         self._settings = settings
         self._container = container()
         self._container.settings.set_provides(settings)
-        self._container.config.from_dict(settings.model_dump())
-        self._unavailable: dict[str, str] = {}
         self._resources: dict[str, providers.Resource[Any]] = {}
+        self._requires: dict[str, tuple[str, ...]] = {}
         self._started: list[str] = []
-        self._build(dict(components or {}))
+        self._wire(dict(components or {}))
 
     @classmethod
     def from_profile(cls, name: str | None = None, **load_settings_kwargs: Any) -> Self:
@@ -179,49 +179,38 @@ class Infra:
 
         return cls(load_settings(name, **load_settings_kwargs))
 
-    # --- building ---------------------------------------------------------
+    # --- wiring -------------------------------------------------------------
 
-    def _build(self, user: dict[str, Any]) -> None:
-        problems: list[ConfigProblem] = []
+    def _wire(self, user: dict[str, Any]) -> None:
+        unknown = sorted(set(user) - set(registry.COMPONENTS))
+        if unknown:
+            raise ConfigError(
+                ConfigProblem(
+                    f"unknown component(s) {', '.join(unknown)}",
+                    hint=f"components are: {', '.join(registry.COMPONENTS)}",
+                ),
+                profile=self._settings.profile,
+            )
+        settings = self._container.settings
+        slots = providers.Object({c: self._slot(c) for c in registry.COMPONENTS})
         for component in registry.COMPONENTS:
             slot = self._slot(component)
+            choices: dict[str, providers.Provider[Any]] = {}
+            # every backend registered so far (entry points are read only when a
+            # profile names a backend the kit does not ship)
+            names = {*registry.backend_names(component, entry_points=False)}
+            names.add(_selected(self._settings, component))
+            for name in sorted(names):
+                resource = providers.Resource(open_component, component, name, settings, slots)
+                choices[name] = providers.Callable(_running, component, resource.provider)
+                if name == _selected(self._settings, component):
+                    self._resources[component] = resource
+                    selected = registry.get_backend(component, name)
+                    self._requires[component] = selected.requires if selected else ()
+            slot.set_providers(**choices)
             if component in user:
-                # The application's own provider wins over any registered backend.
+                # The application's own object or provider wins over any backend.
                 slot.override(_as_provider(user.pop(component)))
-                continue
-            name = _selected(self._settings, component)
-            spec = registry.get_backend(component, name)
-            key = f"{component}.{registry.SELECTOR_KEYS[component]}"
-            if spec is None:
-                self._unavailable[component] = (
-                    f"no implementation of the {component} backend {name!r} is installed"
-                )
-                continue
-            spec.check_installed()
-            missing = [dep for dep in spec.requires if dep in self._unavailable]
-            if missing:
-                problems.append(
-                    ConfigProblem(
-                        f"backend {name!r} needs {', '.join(missing)}, which is unavailable",
-                        key=key,
-                    )
-                )
-                continue
-            deps = {dep: self._slot(dep) for dep in spec.requires}
-            resource = providers.Resource(open_component, spec, self._container.settings, **deps)
-            self._resources[component] = resource
-            # The slot hands out the running instance synchronously, so the
-            # application's own providers that depend on it stay synchronous.
-            slot.set_providers(**{name: providers.Callable(_running, component, resource.provider)})
-        if user:
-            problems.append(
-                ConfigProblem(
-                    f"unknown component(s) {', '.join(sorted(user))}",
-                    hint=f"components are: {', '.join(registry.COMPONENTS)}",
-                )
-            )
-        if problems:
-            raise ConfigError(problems, profile=self._settings.profile)
 
     def _slot(self, component: str) -> providers.Selector[Any]:
         if component not in registry.COMPONENTS:
@@ -232,28 +221,35 @@ class Infra:
         return slot
 
     def _lifecycle(self, component: str) -> providers.Resource[Any] | None:
-        """The resource to start for ``component``; None when overridden or absent."""
+        """The resource to start for ``component``; None when overridden."""
         if self._slot(component).overridden:
             return None
-        return self._resources.get(component)
+        return self._resources[component]
+
+    def _closure(self, components: tuple[str, ...]) -> list[str]:
+        """``components`` and everything they are built on, in start-up order."""
+        wanted: set[str] = set()
+        pending = list(components)
+        while pending:
+            component = pending.pop()
+            self._slot(component)  # names an unknown component
+            if component not in wanted:
+                wanted.add(component)
+                pending.extend(self._requires.get(component, ()))
+        return [c for c in registry.COMPONENTS if c in wanted]
 
     # --- lifecycle ----------------------------------------------------------
 
-    async def start(self) -> Self:
-        """Start logging, then every component in dependency order."""
-        if self._started:
-            return self
+    async def start(self, *components: str) -> Self:
+        """Start logging and every component in dependency order; or, given
+        component names, only those and what they are built on (no logging)."""
+        targets = self._closure(components or registry.COMPONENTS)
         try:
-            self._container.logging.init()
-            self._started.append("logging")
-            for component in registry.COMPONENTS:
-                resource = self._lifecycle(component)
-                if resource is None:
-                    continue
-                result = resource.init()
-                if inspect.isawaitable(result):
-                    await result
-                self._started.append(component)
+            if not components and "logging" not in self._started:
+                self._container.logging.init()
+                self._started.append("logging")
+            for component in targets:
+                await self._start_one(component)
         except BaseException as exc:
             try:
                 await self.aclose()
@@ -261,6 +257,17 @@ class Infra:
                 exc.add_note(f"while undoing a failed start: {shutdown}")
             raise
         return self
+
+    async def _start_one(self, component: str) -> None:
+        if component in self._started:
+            return
+        resource = self._lifecycle(component)
+        if resource is None:
+            return
+        result = resource.init()
+        if inspect.isawaitable(result):
+            await result
+        self._started.append(component)
 
     async def aclose(self) -> None:
         """Stop every started component in reverse order.
@@ -301,45 +308,85 @@ class Infra:
     def container(self) -> InfraContainer:
         return self._container
 
+    @overload
+    def get(self, component: Literal["telemetry"]) -> TelemetryProvider: ...
+    @overload
+    def get(self, component: Literal["database"]) -> DatabaseSession: ...
+    @overload
+    def get(self, component: Literal["tokens"]) -> TokenStore: ...
+    @overload
+    def get(self, component: Literal["audit"]) -> AuditLogger: ...
+    @overload
+    def get(self, component: str) -> Any: ...
     def get(self, component: str) -> Any:
         """The running instance of ``component`` (or its test override)."""
-        slot = self._slot(component)
-        if not slot.overridden and component in self._unavailable:
-            raise InfrastructureError(
-                f"{component} is not available: {self._unavailable[component]}"
-            )
-        return slot()
+        return self._slot(component)()
 
     @property
-    def telemetry(self) -> Any:
+    def telemetry(self) -> TelemetryProvider:
         return self.get("telemetry")
 
     @property
-    def database(self) -> Any:
+    def database(self) -> DatabaseSession:
         return self.get("database")
 
     @property
-    def tokens(self) -> Any:
+    def tokens(self) -> TokenStore:
         return self.get("tokens")
 
     @property
-    def audit(self) -> Any:
+    def audit(self) -> AuditLogger:
         return self.get("audit")
 
     async def health(self, *, timeout_s: float = 2.0) -> HealthReport:
-        """Check every running component concurrently (what ``/health`` should serve)."""
+        """Check every running component concurrently (what ``/health`` serves)."""
         running: dict[str, tuple[str, Any]] = {}
         unavailable: dict[str, tuple[str, str]] = {}
         for component in registry.COMPONENTS:
             name = _selected(self._settings, component)
-            if component in self._unavailable and not self._slot(component).overridden:
-                unavailable[component] = (name, self._unavailable[component])
-                continue
             try:
                 running[component] = (name, self.get(component))
             except InfrastructureError as error:
                 unavailable[component] = (name, str(error))
         return await check_components(running, timeout_s=timeout_s, unavailable=unavailable)
+
+    async def probe(self, *, timeout_s: float = 2.0) -> HealthReport:
+        """Start each component on its own, check the ones that started, stop them.
+
+        What ``infrakit check`` and ``infrakit describe`` report: a component
+        that cannot start is ``down`` with the reason, one built on a component
+        that is down is ``unavailable``; the others are checked as in
+        :meth:`health`. Logging is left alone.
+        """
+        failed: dict[str, ComponentHealth] = {}
+        try:
+            for component in registry.COMPONENTS:
+                name = _selected(self._settings, component)
+                broken = [dep for dep in self._requires.get(component, ()) if dep in failed]
+                if broken:
+                    failed[component] = ComponentHealth(
+                        component, name, "unavailable", 0.0, f"needs {', '.join(broken)}"
+                    )
+                    continue
+                try:
+                    async with asyncio.timeout(timeout_s):
+                        await self._start_one(component)
+                except Exception as error:  # noqa: BLE001 - reported as down
+                    reason = f"{type(error).__name__}: {error}".splitlines()[0]
+                    failed[component] = ComponentHealth(
+                        component, name, "down", 0.0, scrub_text(reason)
+                    )
+            running = {
+                c: (_selected(self._settings, c), self.get(c))
+                for c in registry.COMPONENTS
+                if c not in failed
+            }
+            report = await check_components(running, timeout_s=timeout_s)
+        finally:
+            await self.aclose()
+        order = {c: i for i, c in enumerate(registry.COMPONENTS)}
+        every = sorted([*report.components, *failed.values()], key=lambda c: order[c.component])
+        return HealthReport(every)
 
     def describe(self) -> list[ComponentInfo]:
         """What each component was built as, without touching any backend."""
@@ -349,16 +396,10 @@ class Infra:
             slot = self._slot(component)
             if slot.overridden:
                 out.append(ComponentInfo(component, name, "overridden", repr(slot.last_overriding)))
-            elif component in self._unavailable:
-                out.append(
-                    ComponentInfo(component, name, "unavailable", self._unavailable[component])
-                )
-            else:
-                started = self._resources[component].initialized
-                detail = type(self.get(component)).__qualname__ if started else ""
-                out.append(
-                    ComponentInfo(component, name, "ready" if started else "configured", detail)
-                )
+                continue
+            started = self._resources[component].initialized
+            detail = type(self.get(component)).__qualname__ if started else ""
+            out.append(ComponentInfo(component, name, "ready" if started else "configured", detail))
         return out
 
     # --- tests ------------------------------------------------------------------

@@ -1,9 +1,8 @@
 """Health of the kit's components: one concurrent round of checks, each bounded.
 
-``Infra.health()`` checks the running components; ``check_profile()`` (what
-``infrakit check`` runs) builds the components of a profile without starting
-them, so a backend that is down is reported by name instead of failing the
-start.
+``Infra.health()`` checks the running components; ``Infra.probe()`` (what
+``infrakit check`` and ``infrakit describe`` run) starts each component on its
+own, so a backend that is down is reported by name instead of failing the start.
 """
 
 from __future__ import annotations
@@ -12,27 +11,12 @@ import asyncio
 import time
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from infrakit.component import Component, HealthResult
 from infrakit.scrub import scrub_text
 
-if TYPE_CHECKING:
-    from infrakit.settings.models import InfraSettings
-
-__all__ = ["ComponentHealth", "HealthReport", "HealthResult", "check_components", "check_profile"]
-
-
-@dataclass(frozen=True, slots=True)
-class HealthResult:
-    """The outcome of one health check: a round trip to the backend.
-
-    ``error`` is one line with any secret masked; a check never raises for a
-    backend that is down, it says so here.
-    """
-
-    ok: bool
-    latency_ms: float
-    error: str | None = None
+__all__ = ["ComponentHealth", "HealthReport", "HealthResult", "check_components"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,13 +45,13 @@ class HealthReport:
 
 
 async def _one(name: str, backend: str, component: Any, timeout_s: float) -> ComponentHealth:
-    check = getattr(component, "health_check", None)
     start = time.perf_counter()
-    if check is None:
-        return ComponentHealth(name, backend, "up", 0.0)
+    if not isinstance(component, Component):
+        # a test double put in the slot: nothing declared to ask
+        return ComponentHealth(name, backend, "up", 0.0, "not a Component: not checked")
     try:
         async with asyncio.timeout(timeout_s):
-            result: HealthResult = await check()
+            result = await component.health_check()
     except TimeoutError:
         return ComponentHealth(
             name,
@@ -101,45 +85,3 @@ async def check_components(
     order = {"telemetry": 0, "database": 1, "tokens": 2, "audit": 3}
     every = sorted([*results, *extra], key=lambda c: order.get(c.component, 9))
     return HealthReport(every)
-
-
-async def check_profile(settings: InfraSettings, *, timeout_s: float = 2.0) -> HealthReport:
-    """Build a profile's components without starting them and check each."""
-    from infrakit import registry
-
-    built: dict[str, tuple[str, Any]] = {}
-    unavailable: dict[str, tuple[str, str]] = {}
-    closers: list[Any] = []
-    try:
-        for component in registry.COMPONENTS:
-            name = getattr(getattr(settings, component), registry.SELECTOR_KEYS[component])
-            spec = registry.get_backend(component, name)
-            if spec is None:
-                unavailable[component] = (name, f"no {component} backend {name!r} is installed")
-                continue
-            missing = [dep for dep in spec.requires if dep not in built]
-            if missing:
-                unavailable[component] = (name, f"needs {', '.join(missing)}")
-                continue
-            try:
-                spec.check_installed()
-                deps = {dep: built[dep][1] for dep in spec.requires}
-                obj = spec.load()(settings, **deps)
-                if asyncio.iscoroutine(obj):
-                    obj = await obj
-            except Exception as error:  # noqa: BLE001 - reported as down
-                reason = f"{type(error).__name__}: {error}".splitlines()[0]
-                unavailable[component] = (name, scrub_text(reason))
-                continue
-            built[component] = (name, obj)
-            closers.append(obj)
-        return await check_components(built, timeout_s=timeout_s, unavailable=unavailable)
-    finally:
-        for obj in reversed(closers):
-            for method in ("aclose", "close", "shutdown"):
-                closer = getattr(obj, method, None)
-                if callable(closer):
-                    result = closer()
-                    if asyncio.iscoroutine(result):
-                        await result
-                    break

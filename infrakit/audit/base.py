@@ -5,16 +5,17 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import sys
 import uuid
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
-from infrakit.logging.context import get_request_id
+from infrakit.component import Component
+from infrakit.logging.context import current_trace_ids, get_request_id
+from infrakit.values import as_utc
 
 __all__ = [
     "AuditEntry",
@@ -62,12 +63,6 @@ def _thaw(value: Any) -> Any:
     return value
 
 
-def _utc(value: datetime, name: str) -> datetime:
-    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-        raise ValueError(f"{name} must be timezone-aware, got naive {value.isoformat()}")
-    return value.astimezone(UTC)
-
-
 @dataclass(frozen=True, slots=True)
 class AuditEntry:
     """One immutable audit record; timestamps are always UTC.
@@ -102,7 +97,7 @@ class AuditEntry:
             raise ValueError(
                 f"AuditEntry.timestamp must be a datetime, got {type(self.timestamp).__name__}"
             )
-        object.__setattr__(self, "timestamp", _utc(self.timestamp, "AuditEntry.timestamp"))
+        object.__setattr__(self, "timestamp", as_utc("AuditEntry.timestamp", self.timestamp))
         for name in (*_OPTIONAL_STR, *_HASHES):
             value = getattr(self, name)
             if value is not None and not isinstance(value, str):
@@ -234,9 +229,9 @@ def hash_of_content(prev_hash: str | None, content: Mapping[str, Any]) -> str:
 
 def chain_hash(prev_hash: str | None, entry: AuditEntry) -> str:
     """``sha256(prev_hash || canonical_json(entry))`` as hex (no prev: empty)."""
-    digest = hashlib.sha256((prev_hash or "").encode("ascii"))
-    digest.update(canonical_json(entry))
-    return digest.hexdigest()
+    content = entry.to_dict()
+    del content["prev_hash"], content["hash"]
+    return hash_of_content(prev_hash, content)
 
 
 @dataclass(frozen=True, slots=True)
@@ -273,7 +268,7 @@ class AuditFilter:
             if value is not None:
                 if not isinstance(value, datetime):
                     raise ValueError(f"AuditFilter.{name} must be a datetime, got {value!r}")
-                object.__setattr__(self, name, _utc(value, f"AuditFilter.{name}"))
+                object.__setattr__(self, name, as_utc(f"AuditFilter.{name}", value))
         if self.start_time and self.end_time and self.start_time > self.end_time:
             raise ValueError(
                 f"AuditFilter.start_time ({self.start_time.isoformat()}) is after "
@@ -304,15 +299,7 @@ class VerifyResult:
     reason: str | None = None
 
 
-def _current_trace_id() -> str | None:
-    trace = sys.modules.get("opentelemetry.trace")
-    if trace is None:
-        return None
-    context = trace.get_current_span().get_span_context()
-    return format(context.trace_id, "032x") if context.is_valid else None
-
-
-class AuditLogger(ABC):
+class AuditLogger(Component):
     """An append-only audit log. Entries are never updated or deleted."""
 
     @abstractmethod
@@ -339,7 +326,7 @@ class AuditLogger(ABC):
                 f"allowed: {', '.join(sorted(allowed - {'action', 'resource_type', 'result'}))}"
             )
         fields_.setdefault("request_id", get_request_id())
-        fields_.setdefault("trace_id", _current_trace_id())
+        fields_.setdefault("trace_id", current_trace_ids()[0])
         entry = AuditEntry(
             id=str(uuid.uuid4()),
             timestamp=datetime.now(UTC),
@@ -361,9 +348,6 @@ class AuditLogger(ABC):
     @abstractmethod
     async def verify(self) -> VerifyResult:
         """Check the hash chain, naming the first entry that does not fit."""
-
-    async def close(self) -> None:  # noqa: B027 - optional hook with nothing to do by default
-        """Release resources; the default has none."""
 
 
 class ChainChecker:

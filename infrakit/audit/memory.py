@@ -5,7 +5,9 @@ from __future__ import annotations
 import threading
 from collections import deque
 from collections.abc import Iterable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
+
+from pydantic import Field
 
 from infrakit.audit.base import (
     AuditEntry,
@@ -16,12 +18,14 @@ from infrakit.audit.base import (
     sort_key,
     verify_chain,
 )
-from infrakit.health import HealthResult
+from infrakit.component import HealthResult
+from infrakit.registry import Backend
+from infrakit.settings.models import AuditSettings
 
 if TYPE_CHECKING:
     from infrakit.settings.models import InfraSettings
 
-__all__ = ["InMemoryAuditLogger"]
+__all__ = ["BACKEND", "InMemoryAuditLogger", "MemoryAuditSettings"]
 
 
 class InMemoryAuditLogger(AuditLogger):
@@ -34,8 +38,7 @@ class InMemoryAuditLogger(AuditLogger):
     """
 
     def __init__(self, max_entries: int = 10_000, *, hash_chain: bool = True) -> None:
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries!r}")
+        # Trusts its (typed) arguments: the profile model validated them.
         self.max_entries = max_entries
         self.hash_chain = hash_chain
         self._entries: deque[AuditEntry] = deque(maxlen=max_entries)
@@ -94,6 +97,17 @@ class InMemoryAuditLogger(AuditLogger):
         return len(self._entries)
 
 
-def build(settings: InfraSettings) -> InMemoryAuditLogger:
-    """Registry factory for ``audit.backend: memory``."""
-    return InMemoryAuditLogger(settings.audit.max_entries, hash_chain=settings.audit.hash_chain)
+class MemoryAuditSettings(AuditSettings):
+    """``audit.backend: memory``: the newest entries, in this process."""
+
+    backend: Literal["memory"] = "memory"
+    max_entries: int = Field(10_000, ge=1, description="Entries kept; the oldest are trimmed.")
+
+
+def create(section: MemoryAuditSettings, settings: InfraSettings, **_: Any) -> InMemoryAuditLogger:
+    return InMemoryAuditLogger(section.max_entries, hash_chain=section.hash_chain)
+
+
+BACKEND = Backend(
+    "audit", "memory", MemoryAuditSettings, create, description="bounded in-memory audit log"
+)

@@ -15,7 +15,7 @@ import operator
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import sqlalchemy as sa
 from sqlalchemy import exc
@@ -30,14 +30,16 @@ from infrakit.audit.base import (
     encode_compact,
     hash_of_content,
 )
+from infrakit.component import HealthResult
 from infrakit.database.session import SQLITE_BEGIN_IMMEDIATE, DatabaseSession
 from infrakit.errors import AuditError
-from infrakit.health import HealthResult
+from infrakit.registry import Backend
+from infrakit.settings.models import AuditSettings
 
 if TYPE_CHECKING:
     from infrakit.settings.models import InfraSettings
 
-__all__ = ["AUDIT_TABLE", "SqlAuditLogger", "audit_log", "metadata"]
+__all__ = ["AUDIT_TABLE", "BACKEND", "SqlAuditLogger", "SqlAuditSettings", "audit_log", "metadata"]
 
 AUDIT_TABLE = "infrakit_audit_log"
 # Any fixed 64-bit number: the advisory lock that serialises chain writers.
@@ -125,10 +127,6 @@ class SqlAuditLogger(AuditLogger):
     """
 
     def __init__(self, database: DatabaseSession, *, hash_chain: bool = True) -> None:
-        if not isinstance(database, DatabaseSession):
-            raise ValueError(
-                f"SqlAuditLogger needs a DatabaseSession, got {type(database).__name__}"
-            )
         self._db = database
         self.hash_chain = hash_chain
 
@@ -138,8 +136,16 @@ class SqlAuditLogger(AuditLogger):
     def _fail(self, what: str, error: BaseException) -> AuditError:
         return AuditError(f"{what} on {self._db.url} failed: {type(error).__name__}")
 
-    async def initialize(self) -> None:
-        """Check that the audit table exists (it is created by ``infrakit db upgrade``)."""
+    async def start(self) -> None:
+        """Migrate the audit table when ``database.auto_migrate`` is set, then check
+        that it exists (``infrakit db upgrade`` creates it otherwise)."""
+        if self._db.auto_migrate:
+            from infrakit.database.migrate import upgrade
+
+            await upgrade(self._db, locations=[MIGRATIONS])
+        await self._check_table()
+
+    async def _check_table(self) -> None:
         try:
             async with self._db.engine.connect() as conn:
                 exists = await conn.run_sync(lambda sync: sa.inspect(sync).has_table(AUDIT_TABLE))
@@ -155,7 +161,7 @@ class SqlAuditLogger(AuditLogger):
         """One indexed read of the audit table (its database and the table both answer)."""
         start = time.perf_counter()
         try:
-            await self.initialize()  # the table is there (one catalogue read)
+            await self._check_table()  # the table is there (one catalogue read)
             async with self._db.engine.connect() as conn:
                 await conn.execute(sa.select(_c.seq).order_by(_c.seq.desc()).limit(1))
         except AuditError as error:
@@ -285,6 +291,27 @@ class SqlAuditLogger(AuditLogger):
         return checker.result()
 
 
-def build(settings: InfraSettings, database: DatabaseSession) -> SqlAuditLogger:
-    """Registry factory for ``audit.backend: sql``."""
-    return SqlAuditLogger(database, hash_chain=settings.audit.hash_chain)
+class SqlAuditSettings(AuditSettings):
+    """``audit.backend: sql``: the audit table in the application's database."""
+
+    backend: Literal["sql"] = "sql"
+
+
+def create(
+    section: SqlAuditSettings, settings: InfraSettings, *, database: DatabaseSession, **_: Any
+) -> SqlAuditLogger:
+    return SqlAuditLogger(database, hash_chain=section.hash_chain)
+
+
+#: Where the audit table's migrations live (its own Alembic version directory).
+MIGRATIONS = "infrakit.audit:migrations"
+
+BACKEND = Backend(
+    "audit",
+    "sql",
+    SqlAuditSettings,
+    create,
+    requires=("database",),
+    migrations=MIGRATIONS,
+    description="append-only, hash-chained audit table in the application's database",
+)

@@ -5,31 +5,32 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote
 
-import sqlalchemy.ext.asyncio as sa_asyncio
-from sqlalchemy import event, exc, pool, text
-from sqlalchemy.engine import URL
-from sqlalchemy.ext.asyncio import (
-    AsyncEngine,
-    AsyncSession,
-    async_sessionmaker,
-)
+from pydantic import Field, field_validator
 
+from infrakit.component import Component, HealthResult
 from infrakit.errors import DatabaseError
-from infrakit.health import HealthResult
-from infrakit.scrub import mask_url, parse_url, scrub_text
+from infrakit.registry import Backend
+from infrakit.scrub import SecretUrl, mask_url, parse_url, scrub_text
+from infrakit.settings.base import build
+from infrakit.settings.models import DatabaseSettings
 
 if TYPE_CHECKING:
+    from sqlalchemy.engine import URL
+    from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession
+
     from infrakit.settings.models import InfraSettings
 
-__all__ = ["DatabaseSession", "HealthResult"]
+# SQLAlchemy is imported when a session is built, not with this module: the
+# profile is validated (and the backend registered) without it.
+
+__all__ = ["BACKEND", "DatabaseSession", "HealthResult", "SqlAlchemyDatabaseSettings"]
 
 #: Async drivers the kit knows, the module each needs and the extra that installs it.
 _DRIVERS: dict[str, tuple[str, str | None]] = {
@@ -50,33 +51,35 @@ _SYNC_HINTS = {
 SQLITE_BEGIN_IMMEDIATE = "infrakit_sqlite_begin_immediate"
 
 
-def _validated_url(database_url: object) -> URL:
-    if not isinstance(database_url, str):
-        raise ValueError(f"database_url must be a string, got {type(database_url).__name__}")
+def _check_url(database_url: str) -> None:
+    """The checks a database URL must pass, each naming its fix (without
+    importing SQLAlchemy, except to look up a dialect the kit does not know)."""
     if not database_url.strip():
         raise ValueError(
-            f"database_url cannot be empty, got {database_url!r}; "
+            "database_url cannot be empty; "
             "e.g. sqlite+aiosqlite:///app.db or postgresql+asyncpg://user@host/db"
         )
+    shown = mask_url(database_url)
     try:
-        url = _sqlalchemy_url(database_url.strip())
-    except (exc.ArgumentError, ValueError) as error:
+        parts = parse_url(database_url.strip())
+        parts.port  # noqa: B018 - raises for a port that is not a number
+    except ValueError as error:
         raise ValueError(
-            f"cannot parse database_url {mask_url(database_url)!r}: {scrub_text(str(error))}; "
+            f"cannot parse database_url {shown!r}: {scrub_text(str(error))}; "
             "expected dialect+driver://user:password@host:port/database"
         ) from None
-    name = url.drivername
+    name = parts.scheme
     if name in _SYNC_HINTS:
         raise ValueError(
-            f"database_url {mask_url(database_url)!r} uses a synchronous driver; "
-            f"use {_SYNC_HINTS[name]}:// instead"
+            f"database_url {shown!r} uses a synchronous driver; use {_SYNC_HINTS[name]}:// instead"
         )
     module, extra = _DRIVERS.get(name, (None, None))
     if module is None:
+        from sqlalchemy import exc
+
         try:
-            dialect = url.get_dialect()
+            dialect = _sqlalchemy_url(database_url.strip()).get_dialect()
         except exc.NoSuchModuleError:
-            shown = mask_url(database_url)
             raise ValueError(
                 f"database_url {shown!r}: unknown dialect/driver {name!r}; "
                 "use sqlite+aiosqlite or postgresql+asyncpg"
@@ -88,7 +91,60 @@ def _validated_url(database_url: object) -> URL:
         raise ValueError(
             f"driver {name!r} needs the {module!r} package, which is not installed: {install}"
         )
-    return url
+
+
+class SqlAlchemyDatabaseSettings(DatabaseSettings):
+    """``database.backend: sqlalchemy``: an async SQLAlchemy engine (SQLite or PostgreSQL)."""
+
+    backend: Literal["sqlalchemy"] = "sqlalchemy"
+    url: SecretUrl = Field(
+        SecretUrl("sqlite+aiosqlite:///:memory:"),
+        description="SQLAlchemy async URL: sqlite+aiosqlite:///path.db or postgresql+asyncpg://...",
+    )
+    pool_size: int = Field(5, ge=1, description="Connections kept open (not used by SQLite).")
+    max_overflow: int = Field(10, ge=0, description="Extra connections allowed under load.")
+    pool_pre_ping: bool = Field(True, description="Test a connection before handing it out.")
+    pool_recycle_s: int = Field(1800, ge=-1, description="Recycle connections after N seconds.")
+    connect_timeout_s: float = Field(
+        5.0, gt=0, allow_inf_nan=False, description="Connect timeout in seconds."
+    )
+    echo: bool = Field(
+        False,
+        description="Log every SQL statement (development only); bound parameters are not shown.",
+    )
+    echo_parameters_unsafe: bool = Field(
+        False,
+        description="Also show bound parameters in echoed statements and SQL error messages. "
+        "UNSAFE: they carry passwords, tokens and audit details; never in production.",
+    )
+    auto_migrate: bool = Field(
+        False, description="Apply the kit's migrations at start-up (else: infrakit db upgrade)."
+    )
+
+    @field_validator("pool_size", "max_overflow", mode="before")
+    @classmethod
+    def _not_bool(cls, value: Any) -> Any:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a whole number, got {value}")
+        return value
+
+    @field_validator("url", mode="before")
+    @classmethod
+    def _given(cls, value: Any) -> Any:
+        if isinstance(value, str) and not value.strip():
+            raise ValueError(
+                "database_url cannot be empty; "
+                "e.g. sqlite+aiosqlite:///app.db or postgresql+asyncpg://user@host/db"
+            )
+        if not isinstance(value, str | SecretUrl):
+            raise ValueError(f"database_url must be a string, got {type(value).__name__}")
+        return value
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretUrl) -> SecretUrl:
+        _check_url(value.get_secret_value())
+        return value
 
 
 def _sqlalchemy_url(database_url: str) -> URL:
@@ -99,6 +155,8 @@ def _sqlalchemy_url(database_url: str) -> URL:
     tail into the host name (and into DNS, reprs and error messages), while the
     kit masks and splits at the last ``@``.
     """
+    from sqlalchemy.engine import URL
+
     parsed = parse_url(database_url)
     query: dict[str, str | tuple[str, ...]] = {}
     for name, value in parse_qsl(parsed.query, keep_blank_values=True):
@@ -127,7 +185,7 @@ def _is_memory_sqlite(url: URL) -> bool:
     )
 
 
-class DatabaseSession:
+class DatabaseSession(Component):
     """An async SQLAlchemy engine with sessions that commit or roll back.
 
     ::
@@ -135,9 +193,10 @@ class DatabaseSession:
         db = DatabaseSession("postgresql+asyncpg://app@127.0.0.1/app", pool_size=10)
         async with db.session() as session:
             await session.execute(...)
-        await db.close()
+        await db.aclose()
 
-    Constructing validates everything and connects to nothing. SQLite gets a
+    Constructing connects to nothing (its settings model validated the URL and
+    bounds). SQLite gets a
     pool that suits it (``:memory:`` keeps exactly one connection, so tables
     survive across sessions and one task at a time uses it; code that needs a
     second connection while holding the first — an SQL audit write inside an
@@ -146,39 +205,30 @@ class DatabaseSession:
     """
 
     def __init__(
-        self,
-        database_url: str,
-        pool_size: int = 5,
-        max_overflow: int = 10,
-        echo: bool = False,
-        *,
-        pool_pre_ping: bool = True,
-        pool_recycle_s: int = 1800,
-        connect_timeout_s: float = 5.0,
-        auto_migrate: bool = False,
-        echo_parameters_unsafe: bool = False,
+        self, database_url: str | SqlAlchemyDatabaseSettings, *args: Any, **options: Any
     ) -> None:
-        url = _validated_url(database_url)
-        if isinstance(pool_size, bool) or not isinstance(pool_size, int) or pool_size < 1:
-            raise ValueError(f"pool_size must be >= 1, got {pool_size!r}")
-        if isinstance(max_overflow, bool) or not isinstance(max_overflow, int) or max_overflow < 0:
-            raise ValueError(f"max_overflow must be >= 0, got {max_overflow!r}")
-        if (
-            isinstance(connect_timeout_s, bool)
-            or not isinstance(connect_timeout_s, int | float)
-            or not math.isfinite(connect_timeout_s)
-            or connect_timeout_s <= 0
-        ):
-            raise ValueError(
-                f"connect_timeout_s must be a finite number > 0, got {connect_timeout_s!r}"
-            )
+        """``DatabaseSession(settings)``, or ``DatabaseSession(url, pool_size=5,
+        max_overflow=10, echo=False, *, pool_pre_ping=..., pool_recycle_s=...,
+        connect_timeout_s=..., auto_migrate=..., echo_parameters_unsafe=...)``,
+        which builds (and so validates) the settings model."""
+        import sqlalchemy.ext.asyncio as sa_asyncio
+        from sqlalchemy import pool
+
+        if isinstance(database_url, SqlAlchemyDatabaseSettings):
+            settings = database_url
+        else:
+            options.update(zip(("pool_size", "max_overflow", "echo"), args, strict=False))
+            settings = build(SqlAlchemyDatabaseSettings, url=database_url, **options)
+        self.settings = settings
+        raw = settings.url.get_secret_value()
+        url = _sqlalchemy_url(raw)
         self._url = url
-        self._masked = mask_url(database_url.strip())
+        self._masked = settings.url.masked
         self._last_error: BaseException | None = None
-        self.pool_size = pool_size
-        self.max_overflow = max_overflow
-        self.connect_timeout_s = float(connect_timeout_s)
-        self.auto_migrate = auto_migrate
+        self.pool_size = settings.pool_size
+        self.max_overflow = settings.max_overflow
+        self.connect_timeout_s = settings.connect_timeout_s
+        self.auto_migrate = settings.auto_migrate
         self.is_sqlite = url.get_backend_name() == "sqlite"
         self.is_postgresql = url.get_backend_name() == "postgresql"
         self._memory = self.is_sqlite and _is_memory_sqlite(url)
@@ -186,14 +236,14 @@ class DatabaseSession:
         # echo=True would make SQLAlchemy add its own stdout handler, beside the
         # kit's pipeline and unredacted; raising the logger's level instead
         # sends the statements through the same processors as everything else.
-        if echo:
+        if settings.echo:
             logging.getLogger("sqlalchemy.engine.Engine").setLevel(logging.INFO)
         # Bound parameters (audit details, passwords, tokens) stay out of the
         # echoed statements and out of SQLAlchemy's error messages, unless the
         # loudly named opt-in says otherwise.
         kwargs: dict[str, Any] = {
-            "pool_pre_ping": pool_pre_ping,
-            "hide_parameters": not echo_parameters_unsafe,
+            "pool_pre_ping": settings.pool_pre_ping,
+            "hide_parameters": not settings.echo_parameters_unsafe,
         }
         if self.is_sqlite:
             kwargs["connect_args"] = {"timeout": self.connect_timeout_s, "check_same_thread": False}
@@ -211,7 +261,9 @@ class DatabaseSession:
                 )
         else:
             kwargs.update(
-                pool_size=pool_size, max_overflow=max_overflow, pool_recycle=pool_recycle_s
+                pool_size=settings.pool_size,
+                max_overflow=settings.max_overflow,
+                pool_recycle=settings.pool_recycle_s,
             )
             kwargs["pool_timeout"] = self.connect_timeout_s
             if self.is_postgresql and url.drivername.endswith("asyncpg"):
@@ -221,7 +273,7 @@ class DatabaseSession:
         self._engine: AsyncEngine = sa_asyncio.create_async_engine(url, **kwargs)
         if self.is_sqlite:
             _sqlite_transactions(self._engine)
-        self._sessions = async_sessionmaker(self._engine, expire_on_commit=False)
+        self._sessions = sa_asyncio.async_sessionmaker(self._engine, expire_on_commit=False)
 
     # --- properties -----------------------------------------------------------
 
@@ -244,12 +296,12 @@ class DatabaseSession:
 
     # --- lifecycle --------------------------------------------------------------
 
-    async def initialize(self) -> None:
+    async def start(self) -> None:
         """Check that the database answers (creating a SQLite file's directory).
 
-        With ``auto_migrate`` the kit's own migrations are applied too. Raises
-        :class:`DatabaseError` naming the (masked) URL when the database does
-        not answer.
+        Raises :class:`DatabaseError` naming the (masked) URL when it does not.
+        (The tables of the backends built on it migrate themselves when
+        ``auto_migrate`` is set.)
         """
         self.prepare_storage()
         result = await self.health_check()
@@ -257,17 +309,13 @@ class DatabaseSession:
             raise DatabaseError(
                 f"cannot reach the database at {self._masked}: {result.error}"
             ) from (self._last_error)
-        if self.auto_migrate:
-            from infrakit.database.migrate import upgrade
-
-            await upgrade(self)
 
     def prepare_storage(self) -> None:
         """Create the directory of a SQLite database file (a no-op otherwise)."""
         if self.is_sqlite and not self._memory and self._url.database:
             Path(self._url.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         """Dispose of the engine and its pooled connections."""
         await self._engine.dispose()
 
@@ -282,6 +330,8 @@ class DatabaseSession:
         failing commit raises :class:`DatabaseError` with the driver's error
         as ``__cause__``.
         """
+        from sqlalchemy import exc
+
         session = self._sessions()
         try:
             try:
@@ -303,6 +353,8 @@ class DatabaseSession:
 
     async def health_check(self, timeout_s: float | None = None) -> HealthResult:
         """Time one ``SELECT 1`` round trip; never raises for a backend failure."""
+        from sqlalchemy import exc, text
+
         start = time.perf_counter()
         try:
             async with asyncio.timeout(timeout_s or self.connect_timeout_s):
@@ -345,6 +397,7 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
     SAVEPOINT; emitting BEGIN ourselves fixes both, and lets writers that
     must serialise ask for ``BEGIN IMMEDIATE`` via an execution option.
     """
+    from sqlalchemy import event
 
     @event.listens_for(engine.sync_engine, "connect")
     def _connect(dbapi_connection: Any, _record: Any) -> None:
@@ -363,17 +416,16 @@ def _sqlite_transactions(engine: AsyncEngine) -> None:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
 
-def from_settings(settings: InfraSettings, *, auto_migrate: bool | None = None) -> DatabaseSession:
-    """A :class:`DatabaseSession` for a profile's ``database`` section."""
-    db = settings.database
-    return DatabaseSession(
-        db.url.get_secret_value(),
-        db.pool_size,
-        db.max_overflow,
-        db.echo,
-        pool_pre_ping=db.pool_pre_ping,
-        pool_recycle_s=db.pool_recycle_s,
-        connect_timeout_s=db.connect_timeout_s,
-        auto_migrate=db.auto_migrate if auto_migrate is None else auto_migrate,
-        echo_parameters_unsafe=db.echo_parameters_unsafe,
-    )
+def create(
+    section: SqlAlchemyDatabaseSettings, settings: InfraSettings, **_: Any
+) -> DatabaseSession:
+    return DatabaseSession(section)
+
+
+BACKEND = Backend(
+    "database",
+    "sqlalchemy",
+    SqlAlchemyDatabaseSettings,
+    create,
+    description="SQLAlchemy async engine: SQLite (aiosqlite) or PostgreSQL (asyncpg)",
+)

@@ -13,6 +13,7 @@ __all__ = [
     "add_request_id",
     "add_trace_context",
     "clear_request_id",
+    "current_trace_ids",
     "get_request_id",
     "request_context",
     "set_request_id",
@@ -61,19 +62,27 @@ def add_request_id(
     return event_dict
 
 
-def add_trace_context(
-    logger: object, method_name: str, event_dict: MutableMapping[str, Any]
-) -> MutableMapping[str, Any]:
-    """structlog processor: add the active span's ``trace_id``/``span_id`` as hex.
+def current_trace_ids() -> tuple[str | None, str | None]:
+    """The active span's ``(trace_id, span_id)`` as 32 and 16 lowercase hex.
 
     If OpenTelemetry's trace API was never imported, no span can be active,
-    so the processor costs one dict lookup and imports nothing.
+    so this costs one dict lookup and imports nothing.
     """
     trace = sys.modules.get("opentelemetry.trace")
     if trace is None:
-        return event_dict
+        return None, None
     context = trace.get_current_span().get_span_context()
-    if context.is_valid:
-        event_dict.setdefault("trace_id", format(context.trace_id, "032x"))
-        event_dict.setdefault("span_id", format(context.span_id, "016x"))
+    if not context.is_valid:
+        return None, None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
+
+
+def add_trace_context(
+    logger: object, method_name: str, event_dict: MutableMapping[str, Any]
+) -> MutableMapping[str, Any]:
+    """structlog processor: add the active span's ``trace_id``/``span_id`` as hex."""
+    trace_id, span_id = current_trace_ids()
+    if trace_id is not None:
+        event_dict.setdefault("trace_id", trace_id)
+        event_dict.setdefault("span_id", span_id)
     return event_dict

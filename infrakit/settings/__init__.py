@@ -1,11 +1,11 @@
 """Validated profiles: the settings models and the loader."""
 
+from infrakit.settings.base import BackendSettings, Section, mask_value
 from infrakit.settings.loader import (
     EMBEDDED_PROFILES_DIR,
     ENV_PREFIX,
     available_profiles,
     load_settings,
-    mask_value,
     resolve_profile,
 )
 from infrakit.settings.models import (
@@ -18,17 +18,20 @@ from infrakit.settings.models import (
     ServiceSettings,
     TelemetrySettings,
     TokensSettings,
+    settings_model,
 )
 
 __all__ = [
     "EMBEDDED_PROFILES_DIR",
     "ENV_PREFIX",
     "AuditSettings",
+    "BackendSettings",
     "DatabaseSettings",
     "InfraSettings",
     "InstrumentSettings",
     "LoggingSettings",
     "RedactSettings",
+    "Section",
     "ServiceSettings",
     "TelemetrySettings",
     "TokensSettings",
@@ -36,4 +39,5 @@ __all__ = [
     "load_settings",
     "mask_value",
     "resolve_profile",
+    "settings_model",
 ]

@@ -19,16 +19,18 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from infrakit import registry
 from infrakit.errors import ConfigError, ConfigProblem
-from infrakit.scrub import MASK, is_sensitive_key, mask_url, scrub_text
 from infrakit.settings import _yaml
-from infrakit.settings.models import InfraSettings
+from infrakit.settings.base import mask_value, unknown_backend
+from infrakit.settings.models import COMPONENT_SETTINGS, InfraSettings, settings_model
 
 __all__ = [
     "EMBEDDED_PROFILES_DIR",
     "ENV_PREFIX",
     "available_profiles",
     "load_settings",
+    "parse_value",
     "resolve_profile",
 ]
 
@@ -41,7 +43,6 @@ EMBEDDED_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _INTERPOLATION = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
 _VAR = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?::-(.*))?$", re.DOTALL)
-_SECRET_SECTIONS = {("telemetry", "headers")}
 
 Path_ = tuple[str, ...]
 
@@ -209,6 +210,26 @@ class _Layers:
         elif isinstance(value, list):
             for index, item in enumerate(value):
                 self._record((*path, str(index)), item, source)
+
+    def switch_backends(self, data: Mapping[str, Any]) -> None:
+        """Before a layer that selects another backend for a component is applied,
+        drop what lower layers set for the old one (a profile that ``extends``
+        ``production`` and says ``tokens.backend: memory`` takes Redis's keys
+        with it); keys of another backend in that same layer stay an error."""
+        for component, base in COMPONENT_SETTINGS.items():
+            section, current = data.get(component), self.data.get(component)
+            if not isinstance(section, Mapping) or not isinstance(current, dict):
+                continue
+            name = section.get(base.selector)
+            if not isinstance(name, str) or name == current.get(base.selector):
+                continue
+            backend = registry.get_backend(component, name)
+            if backend is None:
+                continue  # reported by validation
+            for key in [k for k in current if k not in backend.settings.model_fields]:
+                source = self.sources.get((component, key), "")
+                if not source.startswith(("env ", "override")):  # those are errors
+                    self.delete((component, key))
 
     def delete(self, path: Path_) -> None:
         node: Any = self.data
@@ -382,13 +403,14 @@ def _load_chain(
             else None
         )
     for _, data, sources in reversed(chain):
+        layers.switch_backends(data)
         layers.merge(data, sources)
 
 
 # --- environment and overrides ----------------------------------------------
 
 
-def _parse_scalar(raw: str) -> Any:
+def parse_value(raw: str) -> Any:
     """Env and command-line values: JSON for lists/objects, else the string."""
     stripped = raw.strip()
     if stripped[:1] in ("[", "{"):
@@ -413,7 +435,7 @@ def _apply_env(layers: _Layers, environ: Mapping[str, str]) -> None:
             )
             continue
         try:
-            value = _parse_scalar(environ[name])
+            value = parse_value(environ[name])
         except json.JSONDecodeError as exc:
             layers.problems.append(
                 ConfigProblem(
@@ -423,6 +445,8 @@ def _apply_env(layers: _Layers, environ: Mapping[str, str]) -> None:
                 )
             )
             continue
+        if len(parts) == 2:
+            layers.switch_backends({parts[0]: {parts[1]: value}})
         layers.set(parts, value, source)
 
 
@@ -446,41 +470,58 @@ def _apply_overrides(layers: _Layers, overrides: Mapping[str, Any]) -> None:
                 ConfigProblem("empty key segment", key=".".join(path), where="override")
             )
             continue
+        if len(path) == 2:
+            layers.switch_backends({path[0]: {path[1]: value}})
         layers.set(path, value, f"override {'.'.join(path)}")
 
 
 # --- validation ---------------------------------------------------------------
 
 
-def _fields_at(path: Path_) -> list[str]:
-    model: type[BaseModel] | None = InfraSettings
-    for part in path:
+def _model_at(path: Path_, tag: str | None) -> type[BaseModel] | None:
+    """The model that validates the section at ``path`` (a component's backend
+    model when ``tag`` names the backend)."""
+    model: type[BaseModel] | None = settings_model()
+    for depth, part in enumerate(path):
         if model is None:
-            return []
+            return None
+        if depth == 0 and part in COMPONENT_SETTINGS and tag is not None:
+            backend = registry.get_backend(part, tag)
+            model = backend.settings if backend is not None else None
+            continue
         field = model.model_fields.get(part)
         if field is None:
-            return []
+            return None
         annotation = field.annotation
         model = (
             annotation
             if isinstance(annotation, type) and issubclass(annotation, BaseModel)
             else None
         )
+    return model
+
+
+def _fields_at(path: Path_, tag: str | None = None) -> list[str]:
+    model = _model_at(path, tag)
     return sorted(model.model_fields) if model is not None else []
 
 
-def mask_value(path: Path_, value: Any) -> str:
-    """How a value may be shown in an error: secrets hidden, long values cut."""
-    if any(is_sensitive_key(p) for p in path) or any(path[: len(s)] == s for s in _SECRET_SECTIONS):
-        return MASK
-    if isinstance(value, str):
-        masked = mask_url(value)
-        if masked == value and "@" in value and "://" in value:
-            masked = MASK + value[value.rindex("@") :]  # a URL too broken to parse
-        value = masked
-    # any shape (a URL inside a list, a dict of credentials): the text rules
-    text = scrub_text(repr(value))
-    return text if len(text) <= 80 else scrub_text(text[:77]) + "..."
+def _owners(component: str, key: str) -> list[str]:
+    """The backends of ``component`` whose settings have ``key``."""
+    return [
+        name
+        for name, backend in registry.backends(component).items()
+        if key in backend.settings.model_fields
+    ]
+
+
+def _split_loc(loc: tuple[Any, ...]) -> tuple[Path_, str | None]:
+    """pydantic's error location without the union tag it puts after a component
+    (``('tokens', 'redis', 'url')`` -> ``('tokens', 'url')``, tag ``'redis'``)."""
+    path = tuple(str(p) for p in loc)
+    if len(path) > 1 and path[0] in COMPONENT_SETTINGS:
+        return (path[0], *path[2:]), path[1]
+    return path, None
 
 
 def _source_of(path: Path_, sources: dict[Path_, str]) -> str:
@@ -492,14 +533,47 @@ def _source_of(path: Path_, sources: dict[Path_, str]) -> str:
     return "default"
 
 
-def _validation_problems(exc: ValidationError, sources: dict[Path_, str]) -> list[ConfigProblem]:
+def _validation_problems(
+    exc: ValidationError, sources: dict[Path_, str], data: Mapping[str, Any]
+) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     for error in exc.errors(include_url=False):
-        path = tuple(str(p) for p in error["loc"])
+        path, tag = _split_loc(error["loc"])
+        if error["type"] == "union_tag_invalid":
+            # the section names a backend nothing provides
+            component = path[0]
+            selector = COMPONENT_SETTINGS[component].selector
+            path = (component, selector)
+            chosen = data.get(component, {}).get(selector) if isinstance(data, Mapping) else None
+            problems.append(
+                ConfigProblem(
+                    unknown_backend(component, chosen),
+                    key=".".join(path),
+                    where=_source_of(path, sources),
+                    value=mask_value(path, chosen),
+                )
+            )
+            continue
+        if len(path) == 1 and path[0] in COMPONENT_SETTINGS and error["type"] == "value_error":
+            # a problem of the whole backend (a missing package): point at the selector
+            path = (path[0], COMPONENT_SETTINGS[path[0]].selector)
         where = _source_of(path, sources)
         key = ".".join(path)
         if error["type"] == "extra_forbidden":
-            fields = _fields_at(path[:-1])
+            fields = _fields_at(path[:-1], tag)
+            owners = _owners(path[0], path[-1]) if len(path) == 2 and tag is not None else []
+            if owners and path[0] in COMPONENT_SETTINGS:
+                selector = COMPONENT_SETTINGS[path[0]].selector
+                problems.append(
+                    ConfigProblem(
+                        f"not a key of the {path[0]} backend {tag!r}: it belongs to "
+                        + " or ".join(repr(o) for o in owners),
+                        key=key,
+                        where=where,
+                        hint=f"set {path[0]}.{selector}: {owners[0]}, or remove the key",
+                    )
+                )
+                continue
             close = difflib.get_close_matches(path[-1], fields, n=1, cutoff=0.6)
             message = "unknown key" + (f" (did you mean {close[0]!r}?)" if close else "")
             hint = f"valid keys here: {', '.join(fields)}" if fields and not close else None
@@ -541,9 +615,9 @@ def load_settings(
     if overrides:
         _apply_overrides(layers, overrides)
     try:
-        settings = InfraSettings.model_validate(layers.data)
+        settings = settings_model(layers.data).model_validate(layers.data)
     except ValidationError as exc:
-        layers.problems.extend(_validation_problems(exc, layers.sources))
+        layers.problems.extend(_validation_problems(exc, layers.sources, layers.data))
         raise ConfigError(layers.problems, profile=label) from None
     if layers.problems:
         raise ConfigError(layers.problems, profile=label)

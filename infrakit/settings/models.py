@@ -8,53 +8,46 @@ models (field descriptions included), so they are the single source of truth.
 
 from __future__ import annotations
 
-import difflib
-from typing import Annotated, Any, Literal
+import functools
+import typing
+from typing import Annotated, Any, ClassVar, Literal, Self, Union
 
 from pydantic import (
+    AfterValidator,
     BaseModel,
-    ConfigDict,
+    Discriminator,
     Field,
     PrivateAttr,
-    SecretStr,
+    Tag,
+    create_model,
     field_validator,
 )
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from infrakit import registry
-from infrakit.scrub import SecretUrl
+from infrakit.settings.base import BackendSettings, Section
 
 __all__ = [
+    "LOG_LEVELS",
     "AuditSettings",
+    "BackendSettings",
     "DatabaseSettings",
     "InfraSettings",
+    "InstrumentSettings",
     "LoggingSettings",
     "RedactSettings",
+    "Section",
     "ServiceSettings",
     "TelemetrySettings",
     "TokensSettings",
+    "settings_model",
 ]
 
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-LOG_LEVELS: tuple[str, ...] = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
+LOG_LEVELS: tuple[str, ...] = typing.get_args(LogLevel)
 
 
-class _Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
-
-
-def _check_backend(component: str, value: str) -> str:
-    if value in registry.BUILTIN_NAMES.get(component, ()):
-        return value
-    known = registry.known_names(component)
-    if value in known:
-        return value
-    close = difflib.get_close_matches(value, known, n=1)
-    suggestion = f" (did you mean {close[0]!r}?)" if close else ""
-    raise ValueError(f"unknown backend{suggestion}; expected one of: {', '.join(known)}")
-
-
-class ServiceSettings(_Section):
+class ServiceSettings(Section):
     """Who is running: becomes telemetry resource attributes and log fields."""
 
     name: str | None = Field(
@@ -66,121 +59,54 @@ class ServiceSettings(_Section):
     version: str = Field("0.0.0", description="Service version.", min_length=1)
 
 
-class DatabaseSettings(_Section):
-    """The application's SQL database (SQLAlchemy async engine)."""
+# --- the component bases: each backend's model subclasses one ---------------------
+
+
+class DatabaseSettings(BackendSettings):
+    """The application's SQL database."""
+
+    component: ClassVar[str] = "database"
 
     backend: str = Field("sqlalchemy", description="Database backend name.")
-    url: SecretUrl = Field(
-        SecretUrl("sqlite+aiosqlite:///:memory:"),
-        description="SQLAlchemy async URL: sqlite+aiosqlite:///path.db or postgresql+asyncpg://...",
-    )
-    pool_size: int = Field(5, ge=1, description="Connections kept open (not used by SQLite).")
-    max_overflow: int = Field(10, ge=0, description="Extra connections allowed under load.")
-    pool_pre_ping: bool = Field(True, description="Test a connection before handing it out.")
-    pool_recycle_s: int = Field(1800, ge=-1, description="Recycle connections after N seconds.")
-    connect_timeout_s: float = Field(
-        5.0, gt=0, allow_inf_nan=False, description="Connect timeout in seconds."
-    )
-    echo: bool = Field(
-        False,
-        description="Log every SQL statement (development only); bound parameters are not shown.",
-    )
-    echo_parameters_unsafe: bool = Field(
-        False,
-        description="Also show bound parameters in echoed statements and SQL error messages. "
-        "UNSAFE: they carry passwords, tokens and audit details; never in production.",
-    )
-    auto_migrate: bool = Field(
-        False, description="Apply the kit's migrations at start-up (else: infrakit db upgrade)."
-    )
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        return _check_backend("database", value)
 
 
-class TokensSettings(_Section):
+class TokensSettings(BackendSettings):
     """The JWT ``jti`` store used for revocation checks."""
 
+    component: ClassVar[str] = "tokens"
+
     backend: str = Field("memory", description="memory | redis (or a registered backend).")
-    url: SecretUrl = Field(
-        SecretUrl("redis://127.0.0.1:6379/0"),
-        description="redis://, rediss:// or redis+sentinel:// URL (redis backend).",
-    )
-    cluster: bool = Field(False, description="Connect to a Redis Cluster.")
-    key_prefix: str = Field("infrakit:tok:", min_length=1, description="Prefix of every key.")
-    max_entries: int = Field(100_000, ge=1, description="Capacity of the memory backend.")
     max_lifetime_s: int = Field(
         30 * 24 * 3600,
         ge=1,
         description="Longest token lifetime accepted; revocations of unknown tokens "
         "and per-user cutoffs are kept this long.",
     )
-    socket_timeout_s: float = Field(
-        0.5,
-        gt=0,
-        lt=60,
-        allow_inf_nan=False,
-        description="Redis timeout in seconds for one command on an open connection.",
-    )
-    connect_timeout_s: float = Field(
-        5.0,
-        gt=0,
-        lt=300,
-        allow_inf_nan=False,
-        description="Redis timeout in seconds for opening a connection, TLS handshake "
-        "included (a burst of new TLS connections is slow, not an outage).",
-    )
-    on_backend_error: Literal["fail_closed", "fail_open"] = Field(
-        "fail_closed",
-        description="fail_closed raises when the backend is down; fail_open answers permissively.",
-    )
-
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        return _check_backend("tokens", value)
 
 
-class AuditSettings(_Section):
+class AuditSettings(BackendSettings):
     """The append-only audit log."""
 
+    component: ClassVar[str] = "audit"
+
     backend: str = Field("memory", description="memory | sql (or a registered backend).")
-    max_entries: int = Field(10_000, ge=1, description="Capacity of the memory backend.")
     hash_chain: bool = Field(True, description="Chain entries by hash so tampering is detectable.")
 
-    @field_validator("backend")
-    @classmethod
-    def _backend(cls, value: str) -> str:
-        return _check_backend("audit", value)
 
-
-class InstrumentSettings(_Section):
+class InstrumentSettings(Section):
     """Optional OpenTelemetry contrib auto-instrumentation."""
 
     sqlalchemy: bool = Field(False, description="Instrument SQLAlchemy engines.")
     redis: bool = Field(False, description="Instrument redis-py clients.")
 
 
-class TelemetrySettings(_Section):
-    """Traces and metrics (OpenTelemetry)."""
+class TelemetrySettings(BackendSettings):
+    """Traces and metrics (OpenTelemetry); ``exporter`` selects where they go."""
+
+    component: ClassVar[str] = "telemetry"
+    selector: ClassVar[str] = "exporter"
 
     exporter: str = Field("none", description="none | console | memory | otlp.")
-    endpoint: SecretUrl | None = Field(
-        None,
-        description="OTLP endpoint; OTEL_EXPORTER_OTLP_ENDPOINT is used when unset.",
-    )
-    protocol: Literal["http/protobuf", "grpc"] = Field(
-        "http/protobuf", description="OTLP protocol."
-    )
-    headers: dict[str, SecretStr] = Field(
-        default_factory=dict, description="Headers sent to the collector (values are secret)."
-    )
-    timeout_s: float = Field(
-        10.0, gt=0, allow_inf_nan=False, description="Export timeout in seconds."
-    )
-    compression: Literal["none", "gzip"] = Field("none", description="OTLP compression.")
     sample_ratio: float = Field(
         1.0, ge=0.0, le=1.0, allow_inf_nan=False, description="Share of traces sampled."
     )
@@ -188,16 +114,23 @@ class TelemetrySettings(_Section):
         default_factory=lambda: ["/health*", "/metrics"],
         description="Path globs (whole-path) the middleware does not trace.",
     )
-    max_queue_size: int = Field(2048, ge=1, description="Spans buffered before dropping.")
     instrument: InstrumentSettings = Field(default_factory=InstrumentSettings)
 
-    @field_validator("exporter")
+    def exporters(self, context: Any) -> Any:
+        """Build the span exporter, span processor and metric reader (each
+        exporter's model implements this: ``infrakit.telemetry.exporters``)."""
+        raise NotImplementedError(f"the telemetry exporter {self.exporter!r} builds no exporters")
+
+    @field_validator("excluded_paths")
     @classmethod
-    def _exporter(cls, value: str) -> str:
-        return _check_backend("telemetry", value)
+    def _paths(cls, value: list[str]) -> list[str]:
+        for pattern in value:
+            if not pattern.startswith("/"):
+                raise ValueError(f"excluded path patterns must start with '/', got {pattern!r}")
+        return value
 
 
-class RedactSettings(_Section):
+class RedactSettings(Section):
     """What is never shown: redaction in logs, spans and error messages."""
 
     extra_patterns: list[Annotated[str, Field(min_length=1)]] = Field(
@@ -211,7 +144,7 @@ class RedactSettings(_Section):
     )
 
 
-class LoggingSettings(_Section):
+class LoggingSettings(Section):
     """The structlog pipeline (stdlib logging is routed through it too)."""
 
     level: LogLevel = Field("INFO", description="DEBUG, INFO, WARNING, ERROR or CRITICAL.")
@@ -230,28 +163,59 @@ class LoggingSettings(_Section):
         return value.strip().upper() if isinstance(value, str) else value
 
 
+#: Each component's settings base, by component name.
+COMPONENT_SETTINGS: dict[str, type[BackendSettings]] = {
+    "telemetry": TelemetrySettings,
+    "database": DatabaseSettings,
+    "tokens": TokensSettings,
+    "audit": AuditSettings,
+}
+
+
 class InfraSettings(BaseSettings):
     """A whole validated profile.
 
     Build it with :func:`infrakit.load_settings`, which layers model defaults,
     the profile chain, ``INFRAKIT__SECTION__KEY`` env vars and explicit
     overrides, and remembers where each value came from (:meth:`sources`).
-    Constructing ``InfraSettings(...)`` directly validates only what it is
-    given: the loader owns the environment so that it can say which variable
-    set which key.
+
+    The component sections are each validated by the model of the backend
+    they select, among every registered backend (:func:`settings_model`
+    assembles that union; constructing or validating ``InfraSettings`` uses
+    it). ``InfraSettings(...)`` directly validates only what it is given: the
+    loader owns the environment so that it can say which variable set which key.
     """
 
-    model_config = SettingsConfigDict(extra="forbid", frozen=True, validate_default=True)
+    model_config = SettingsConfigDict(
+        extra="forbid", frozen=True, validate_default=True, hide_input_in_errors=True
+    )
 
     service: ServiceSettings = Field(default_factory=ServiceSettings)
-    database: DatabaseSettings = Field(default_factory=DatabaseSettings)
-    tokens: TokensSettings = Field(default_factory=TokensSettings)
-    audit: AuditSettings = Field(default_factory=AuditSettings)
-    telemetry: TelemetrySettings = Field(default_factory=TelemetrySettings)
+    # (lambdas: pydantic would hand a class factory the data validated so far)
+    database: DatabaseSettings = Field(default_factory=lambda: DatabaseSettings())  # noqa: PLW0108
+    tokens: TokensSettings = Field(default_factory=lambda: TokensSettings())  # noqa: PLW0108
+    audit: AuditSettings = Field(default_factory=lambda: AuditSettings())  # noqa: PLW0108
+    telemetry: TelemetrySettings = Field(default_factory=lambda: TelemetrySettings())  # noqa: PLW0108
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
 
     _profile: str | None = PrivateAttr(default=None)
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+
+    def __new__(cls, *args: Any, **data: Any) -> Self:
+        model = settings_model(data) if cls is InfraSettings else cls
+        return typing.cast(Self, super().__new__(model))
+
+    @classmethod
+    def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
+        if cls is InfraSettings:
+            return settings_model(obj).model_validate(obj, *args, **kwargs)  # type: ignore[return-value]
+        return super().model_validate(obj, *args, **kwargs)
+
+    @classmethod
+    def model_json_schema(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        if cls is InfraSettings:
+            return settings_model().model_json_schema(*args, **kwargs)
+        return super().model_json_schema(*args, **kwargs)
 
     @classmethod
     def settings_customise_sources(
@@ -282,6 +246,108 @@ class InfraSettings(BaseSettings):
     def masked(self) -> dict[str, Any]:
         """The settings as JSON-safe data with every secret masked."""
         return self.model_dump(mode="json")
+
+    def section(self, component: str) -> BackendSettings:
+        """The validated section of ``component`` (typed by its backend's model)."""
+        section: BackendSettings = getattr(self, component)
+        return section
+
+    def backend_name(self, component: str) -> str:
+        """The backend ``component`` selects."""
+        name: str = getattr(self.section(component), COMPONENT_SETTINGS[component].selector)
+        return name
+
+
+def _installed(backend: registry.Backend) -> AfterValidator:
+    """A missing optional package is a problem of the profile, reported with its fix."""
+
+    def check(value: BackendSettings) -> BackendSettings:
+        for module in backend.missing_modules():
+            extra = backend.extra or module
+            raise ValueError(
+                f"the {backend.component} backend {backend.name!r} needs the {module!r} "
+                f'package, which is not installed: pip install "infrakit[{extra}]"'
+            )
+        return value
+
+    return AfterValidator(check)
+
+
+def _pick(component: str) -> typing.Callable[[Any], str]:
+    selector = COMPONENT_SETTINGS[component].selector
+    default = registry.DEFAULT_BACKENDS[component]
+
+    def pick(value: Any) -> str:
+        if isinstance(value, dict):
+            name = value.get(selector, default)
+        else:
+            name = getattr(value, selector, default)
+        return name if isinstance(name, str) else repr(name)
+
+    return pick
+
+
+def _default(base: type[BackendSettings]) -> typing.Callable[[], BackendSettings]:
+    """A no-argument factory (pydantic hands a class the data validated so far)."""
+
+    def make() -> BackendSettings:
+        return base()
+
+    return make
+
+
+Selection = tuple[tuple[str, str], ...]
+
+
+@functools.cache
+def _assemble(version: int, selection: Selection | None) -> type[InfraSettings]:
+    chosen = dict(selection or ())
+    fields: dict[str, Any] = {}
+    for component, base in COMPONENT_SETTINGS.items():
+        name = chosen.get(component)
+        backend = registry.get_backend(component, name) if name is not None else None
+        # the selected backend's model only (imports nothing else), or every
+        # registered one (the schema, the reference, an unknown name's error)
+        candidates = (
+            {name: backend}
+            if backend is not None and name is not None
+            else registry.backends(component)
+        )
+        members = tuple(Annotated[b.settings, _installed(b), Tag(n)] for n, b in candidates.items())
+        union: Any = Annotated[
+            Union.__getitem__(members),  # a union built at run time
+            Discriminator(_pick(component)),
+        ]
+        fields[component] = (union, Field(default_factory=_default(base), description=base.__doc__))
+    model: type[InfraSettings] = create_model(
+        "InfraSettings", __base__=InfraSettings, __module__=__name__, **fields
+    )
+    return model
+
+
+def selected_backends(data: Any) -> Selection:
+    """The backend each component's section of ``data`` selects (its default if none)."""
+    chosen = []
+    for component, base in COMPONENT_SETTINGS.items():
+        section = data.get(component) if isinstance(data, dict) else None
+        name = section.get(base.selector) if isinstance(section, dict) else None
+        if isinstance(section, BaseModel):
+            name = getattr(section, base.selector, None)
+        if name is None and (section is None or isinstance(section, dict)):
+            name = registry.DEFAULT_BACKENDS[component]
+        if isinstance(name, str):
+            chosen.append((component, name))
+    return tuple(chosen)
+
+
+def settings_model(data: Any = None) -> type[InfraSettings]:
+    """The profile model: :class:`InfraSettings` with each component section a
+    discriminated union of backend models — of every registered backend, or,
+    given the data about to be validated, of the backends it selects (so
+    loading a profile imports no backend it does not use). Rebuilt when a
+    backend is registered."""
+    selection = None if data is None else selected_backends(data)
+    return _assemble(registry.version(), selection)
 
 
 def flatten(data: Any, prefix: str = "") -> dict[str, Any]:

@@ -14,8 +14,9 @@ from pydantic import BaseModel, SecretStr
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
+from infrakit import registry
 from infrakit.scrub import SecretUrl
-from infrakit.settings.models import InfraSettings
+from infrakit.settings.models import COMPONENT_SETTINGS, InfraSettings
 
 __all__ = ["render_reference"]
 
@@ -65,9 +66,11 @@ def _bounds(field: FieldInfo) -> str:
     return ", ".join(parts)
 
 
-def _rows(model: type[BaseModel], prefix: str) -> list[str]:
+def _rows(model: type[BaseModel], prefix: str, skip: frozenset[str] = frozenset()) -> list[str]:
     rows: list[str] = []
     for name, field in model.model_fields.items():
+        if name in skip:
+            continue
         key = f"{prefix}.{name}"
         annotation = field.annotation
         if isinstance(annotation, type) and issubclass(annotation, BaseModel):
@@ -104,6 +107,28 @@ def render_reference() -> str:
             *_rows(model, section),
             "",
         ]
+        if section not in COMPONENT_SETTINGS:
+            continue
+        # each backend's own keys (a key of one backend is an error under another)
+        shared = frozenset(model.model_fields)
+        for name, backend in registry.backends(section).items():
+            own = _rows(backend.settings, section, skip=shared)
+            selector = COMPONENT_SETTINGS[section].selector
+            lines += [
+                f"### `{section}.{selector}: {name}`",
+                "",
+                (backend.description or (backend.settings.__doc__ or "").strip()).splitlines()[0],
+                "",
+            ]
+            if own:
+                lines += [
+                    "| key | type | default | environment variable | what |",
+                    "|---|---|---|---|---|",
+                    *own,
+                    "",
+                ]
+            else:
+                lines += ["No keys of its own.", ""]
     lines += [
         "## `extends`",
         "",

@@ -12,22 +12,21 @@ from __future__ import annotations
 import logging
 import os
 import threading
-import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 from opentelemetry import metrics, trace
 
+from infrakit.component import Component, HealthResult
 from infrakit.errors import MissingDependencyError, TelemetryError
-from infrakit.health import HealthResult
-from infrakit.scrub import mask_url
+from infrakit.scrub import Scrubber
 from infrakit.settings.models import RedactSettings, ServiceSettings, TelemetrySettings
+from infrakit.telemetry.exporters import ExportContext
 
 if TYPE_CHECKING:
     from opentelemetry.sdk.metrics import MeterProvider
     from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 
-    from infrakit.settings.models import InfraSettings
 
 __all__ = [
     "TelemetryProvider",
@@ -40,115 +39,21 @@ _log = logging.getLogger("infrakit.telemetry")
 _TRUE = {"1", "true", "yes", "on"}
 
 
-class _CollectorState:
-    """Whether the collector answers, shared by a provider's span and metric
-    exporters: one warning when it goes away, one when it is back, instead of
-    a log line per failed batch."""
-
-    #: After a failed export, skip exporting for this long (doubling up to the
-    #: maximum) instead of serialising batch after batch for a dead collector.
-    BACKOFF_S = 2.0
-    MAX_BACKOFF_S = 30.0
-
-    def __init__(self, endpoint: str) -> None:
-        self._endpoint = endpoint
-        self._failing = False
-        self._backoff = self.BACKOFF_S
-        self._retry_at = 0.0
-        self._lock = threading.Lock()
-
-    def skipping(self) -> bool:
-        """True while a recent failure says the collector is still down."""
-        return self._failing and time.monotonic() < self._retry_at
-
-    def note(self, ok: bool, what: str) -> None:
-        with self._lock:
-            if not ok:
-                self._retry_at = time.monotonic() + self._backoff
-                self._backoff = min(self._backoff * 2, self.MAX_BACKOFF_S)
-            else:
-                self._backoff = self.BACKOFF_S
-            if ok == (not self._failing):
-                return
-            self._failing = not ok
-        if ok:
-            _log.warning("infrakit.telemetry: the collector at %s answers again", self._endpoint)
-        else:
-            _log.warning(
-                "infrakit.telemetry: exporting %s to %s failed; the collector seems down "
-                "(spans are dropped once the queue is full; one warning until it is back)",
-                what,
-                self._endpoint,
-            )
-
-
-class _ExportGuard:
-    """Wraps an exporter so its failures are reported through the shared state."""
-
-    def __init__(self, exporter: Any, what: str, state: _CollectorState) -> None:
-        self._exporter = exporter
-        self._what = what
-        self._state = state
-
-    def export(self, batch: Any, *args: Any, **kwargs: Any) -> Any:
-        if self._state.skipping():
-            # the collector was down a moment ago: drop this batch without
-            # serialising it, so a dead collector costs the application nothing
-            return _failure(result_type=self._what)
-        try:
-            result = self._exporter.export(batch, *args, **kwargs)
-        except Exception:  # noqa: BLE001 - an exporter must never break the app
-            self._state.note(False, self._what)
-            return _failure(result_type=self._what)
-        self._state.note(getattr(result, "name", "SUCCESS") == "SUCCESS", self._what)
-        return result
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._exporter, name)
-
-
-def _failure(result_type: str) -> Any:
-    if result_type == "spans":
-        from opentelemetry.sdk.trace.export import SpanExportResult
-
-        return SpanExportResult.FAILURE
-    from opentelemetry.sdk.metrics.export import MetricExportResult
-
-    return MetricExportResult.FAILURE
-
-
-class _QuietExporterLogs(logging.Filter):
-    """The SDK's exporters log every failed batch; the guard above says it once."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno < logging.WARNING
-
-
-_QUIET = _QuietExporterLogs()
-
 #: profile switch -> (module, class) of the contrib instrumentation it turns on
 _INSTRUMENTATIONS = (
     ("sqlalchemy", "opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor"),
     ("redis", "opentelemetry.instrumentation.redis", "RedisInstrumentor"),
 )
-_EXPORTER_LOGGERS = (
-    "opentelemetry.exporter.otlp.proto.http.trace_exporter",
-    "opentelemetry.exporter.otlp.proto.http.metric_exporter",
-    "opentelemetry.exporter.otlp.proto.http",
-    "opentelemetry.exporter.otlp.proto.grpc.exporter",
-    "opentelemetry.sdk.trace.export",
-    "opentelemetry.sdk.metrics._internal.export",
-    "opentelemetry.sdk._shared_internal",  # "Queue full, dropping Span."
-)
 
 
-class TelemetryProvider:
+class TelemetryProvider(Component):
     """Traces and metrics for one application, from its profile.
 
     ``exporter``: ``none`` (no-op tracer and meter, near-zero cost),
-    ``console``, ``memory`` (``finished_spans()``/``metrics()`` for tests) or
-    ``otlp`` (``http/protobuf`` or ``grpc``). ``OTEL_SDK_DISABLED=true``
-    turns it all off; ``OTEL_SERVICE_NAME`` names the service when the
+    ``console``, ``memory`` (``finished_spans()``/``metrics()`` for tests),
+    ``otlp`` (``http/protobuf`` or ``grpc``), or any registered exporter: the
+    exporter's settings model builds the exporters (``infrakit.telemetry.exporters``).
+    ``OTEL_SDK_DISABLED=true`` turns it all off; ``OTEL_SERVICE_NAME`` names the service when the
     profile does not; the exporters read the other ``OTEL_EXPORTER_OTLP_*``
     variables where the profile is silent.
     """
@@ -164,6 +69,9 @@ class TelemetryProvider:
         self.settings = settings or TelemetrySettings()
         self.service = service or ServiceSettings()
         self.redact = redact or RedactSettings()
+        self.scrubber = Scrubber(
+            self.redact.extra_patterns, self.redact.extra_params, self.redact.replacement
+        )
         self._environ = os.environ if environ is None else environ
         disabled = self._environ.get("OTEL_SDK_DISABLED", "").strip().lower() in _TRUE
         self.enabled = self.settings.exporter != "none" and not disabled
@@ -262,124 +170,13 @@ class TelemetryProvider:
             }
         )
         sampler = ParentBased(TraceIdRatioBased(self.settings.sample_ratio))
-        span_exporter, span_processor, reader = self._exporters()
+        built = self.settings.exporters(
+            ExportContext(self.service_name, self.scrubber, self._environ)
+        )
         tracer_provider = TracerProvider(resource=resource, sampler=sampler)
-        tracer_provider.add_span_processor(span_processor)
-        meter_provider = MeterProvider(resource=resource, metric_readers=[reader])
-        return tracer_provider, meter_provider, span_exporter, reader
-
-    def _exporters(self) -> tuple[Any, Any, Any]:
-        from opentelemetry.sdk.metrics.export import (
-            ConsoleMetricExporter,
-            InMemoryMetricReader,
-            PeriodicExportingMetricReader,
-        )
-        from opentelemetry.sdk.trace.export import (
-            BatchSpanProcessor,
-            ConsoleSpanExporter,
-            SimpleSpanProcessor,
-        )
-        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
-        from infrakit.scrub import Scrubber
-        from infrakit.telemetry.scrubbing import ScrubbingSpanExporter
-
-        # every exporter gets scrubbed copies of the spans (memory included, so
-        # tests see what a collector would)
-        scrubber = Scrubber(
-            self.redact.extra_patterns, self.redact.extra_params, self.redact.replacement
-        )
-        exporter = self.settings.exporter
-        if exporter == "memory":
-            spans = InMemorySpanExporter()
-            return (
-                spans,
-                SimpleSpanProcessor(ScrubbingSpanExporter(spans, scrubber)),
-                InMemoryMetricReader(),
-            )
-        if exporter == "console":
-            console = ConsoleSpanExporter(service_name=self.service_name)
-            return (
-                console,
-                SimpleSpanProcessor(ScrubbingSpanExporter(console, scrubber)),
-                PeriodicExportingMetricReader(
-                    ConsoleMetricExporter(), export_interval_millis=60_000
-                ),
-            )
-        if exporter == "otlp":
-            span_exporter, metric_exporter = self._otlp()
-            processor = BatchSpanProcessor(
-                ScrubbingSpanExporter(span_exporter, scrubber),
-                max_queue_size=self.settings.max_queue_size,
-                # Smaller than the SDK's 512, so serialising one batch (in the
-                # export thread, holding the GIL) never stalls a request for
-                # long; and the SDK refuses a batch larger than the queue.
-                max_export_batch_size=min(128, self.settings.max_queue_size),
-                export_timeout_millis=int(self.settings.timeout_s * 1000),
-            )
-            reader = PeriodicExportingMetricReader(
-                metric_exporter,
-                export_timeout_millis=int(self.settings.timeout_s * 1000),
-            )
-            return span_exporter, processor, reader
-        raise TelemetryError(f"unknown telemetry exporter {exporter!r}")
-
-    def _otlp(self) -> tuple[Any, Any]:
-        settings = self.settings
-        endpoint = settings.endpoint.get_secret_value().rstrip("/") if settings.endpoint else None
-        headers = {k: v.get_secret_value() for k, v in settings.headers.items()} or None
-        shown = mask_url(endpoint) if endpoint else "the OTEL_EXPORTER_OTLP_* default"
-        for name in _EXPORTER_LOGGERS:
-            logging.getLogger(name).addFilter(_QUIET)
-        if settings.protocol == "grpc":
-            try:
-                from grpc import Compression
-                from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import (
-                    OTLPMetricExporter,
-                )
-                from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
-            except ImportError as error:
-                raise MissingDependencyError(
-                    "the OTLP gRPC exporter", extra="otlp", module=error.name or "grpc",
-                    key="telemetry.protocol",
-                ) from error  # fmt: skip
-            grpc_options: dict[str, Any] = {"timeout": settings.timeout_s}
-            if endpoint:
-                grpc_options["endpoint"] = endpoint
-                grpc_options["insecure"] = endpoint.startswith("http://")
-            if headers:
-                grpc_options["headers"] = headers
-            if settings.compression == "gzip":
-                grpc_options["compression"] = Compression.Gzip
-            span: Any = OTLPSpanExporter(**grpc_options)
-            metric: Any = OTLPMetricExporter(**grpc_options)
-        else:
-            try:
-                from opentelemetry.exporter.otlp.proto.http import Compression as HttpCompression
-                from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                    OTLPMetricExporter as HttpMetricExporter,
-                )
-                from opentelemetry.exporter.otlp.proto.http.trace_exporter import (
-                    OTLPSpanExporter as HttpSpanExporter,
-                )
-            except ImportError as error:
-                raise MissingDependencyError(
-                    "the OTLP HTTP exporter", extra="otlp", module=error.name or "opentelemetry",
-                    key="telemetry.exporter",
-                ) from error  # fmt: skip
-            http_options: dict[str, Any] = {"timeout": settings.timeout_s}
-            if headers:
-                http_options["headers"] = headers
-            if settings.compression == "gzip":
-                http_options["compression"] = HttpCompression.Gzip
-            span = HttpSpanExporter(
-                endpoint=f"{endpoint}/v1/traces" if endpoint else None, **http_options
-            )
-            metric = HttpMetricExporter(
-                endpoint=f"{endpoint}/v1/metrics" if endpoint else None, **http_options
-            )
-        state = _CollectorState(shown)
-        return _ExportGuard(span, "spans", state), _ExportGuard(metric, "metrics", state)
+        tracer_provider.add_span_processor(built.span_processor)
+        meter_provider = MeterProvider(resource=resource, metric_readers=[built.metric_reader])
+        return tracer_provider, meter_provider, built.span_exporter, built.metric_reader
 
     def force_flush(self, timeout_s: float = 5.0) -> bool:
         """Export everything buffered now (tests, and before a process exits)."""
@@ -442,32 +239,18 @@ class TelemetryProvider:
         return out
 
     async def health_check(self) -> HealthResult:
-        """Up unless the exporter is OTLP and its collector refuses a TCP connect."""
-        import asyncio
-        from urllib.parse import urlsplit
-
-        start = time.perf_counter()
-        if not self.enabled or self.settings.exporter != "otlp":
+        """The exporter's own check (a remote one asks its collector); up otherwise."""
+        check = getattr(self.settings, "check", None)
+        if not self.enabled or check is None:
             return HealthResult(True, 0.0)  # nothing remote to ask
-        endpoint = (
-            self.settings.endpoint.get_secret_value()
-            if self.settings.endpoint
-            else self._environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
-        )
-        parts = urlsplit(endpoint)
-        port = parts.port or (4317 if self.settings.protocol == "grpc" else 4318)
-        try:
-            async with asyncio.timeout(self.settings.timeout_s):
-                _, writer = await asyncio.open_connection(parts.hostname or "localhost", port)
-                writer.close()
-                await writer.wait_closed()
-        except (OSError, TimeoutError) as error:
-            return HealthResult(
-                False,
-                (time.perf_counter() - start) * 1000,
-                f"collector at {mask_url(endpoint)} unreachable: {type(error).__name__}",
-            )
-        return HealthResult(True, (time.perf_counter() - start) * 1000)
+        result: HealthResult = await check(self._environ)
+        return result
+
+    async def start(self) -> None:
+        self.initialize()
+
+    async def aclose(self) -> None:
+        self.shutdown()
 
 
 # --- the process-wide provider ---------------------------------------------------
@@ -554,10 +337,3 @@ class DefaultTelemetryProvider(TelemetryProvider):
         if get_telemetry() is self:
             set_telemetry(None)
         super().shutdown()
-
-
-def build(settings: InfraSettings) -> TelemetryProvider:
-    """Registry factory for every ``telemetry.exporter``."""
-    return DefaultTelemetryProvider(
-        settings.telemetry, settings.service, redact=settings.logging.redact
-    )

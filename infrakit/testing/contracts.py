@@ -1,7 +1,8 @@
 """Backend contract suites: every backend of a protocol passes the same tests.
 
 Subclass a contract and provide one fixture, ``make_logger``, an async
-factory that returns a fresh, empty backend::
+factory that returns a fresh, empty backend (the contract starts it with
+``start()`` and closes it with ``aclose()``)::
 
     class TestMyAuditLogger(AuditLoggerContract):
         @pytest.fixture
@@ -55,10 +56,11 @@ class AuditLoggerContract:
     @pytest.fixture
     async def logger(self, make_logger: MakeLogger) -> AsyncIterator[AuditLogger]:
         instance = await make_logger()
+        await instance.start()
         try:
             yield instance
         finally:
-            await instance.close()
+            await instance.aclose()
 
     async def test_log_action_fills_id_time_and_context(self, logger: AuditLogger) -> None:
         before = datetime.now(UTC)
@@ -180,10 +182,11 @@ class TokenStoreContract:
     @pytest.fixture
     async def store(self, make_store: MakeStore) -> AsyncIterator[TokenStore]:
         instance = await make_store()
+        await instance.start()
         try:
             yield instance
         finally:
-            await instance.close()
+            await instance.aclose()
 
     async def test_is_a_token_store(self, store: TokenStore) -> None:
         assert isinstance(store, TokenStore)

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import json
+from abc import abstractmethod
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
+
+from infrakit.component import Component
+from infrakit.values import as_utc
 
 __all__ = [
     "DEFAULT_MAX_LIFETIME_S",
@@ -34,21 +38,13 @@ def _check_id(name: str, value: object) -> str:
     return value
 
 
-def _aware(name: str, value: object) -> datetime:
-    if not isinstance(value, datetime):
-        raise ValueError(f"{name} must be a datetime, got {type(value).__name__}")
-    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
-        raise ValueError(f"{name} must be timezone-aware (UTC), got naive {value.isoformat()}")
-    return value.astimezone(UTC)
-
-
 def validate_store(
     jti: object, user_id: object, expires_at: object, *, now: datetime, max_lifetime_s: float
 ) -> datetime:
     """The seed's checks for ``store()``; returns ``expires_at`` in UTC."""
     _check_id("jti", jti)
     _check_id("user_id", user_id)
-    expires = _aware("expires_at", expires_at)
+    expires = as_utc("expires_at", expires_at)
     if expires <= now:
         raise ValueError(
             f"expires_at must be in the future, got {expires.isoformat()} (now {now.isoformat()})"
@@ -66,7 +62,7 @@ def revocation_until(expires_at: datetime | None, now: float, max_lifetime_s: fl
     else as long as any token the store accepts can live."""
     if expires_at is None:
         return now + max_lifetime_s
-    return _aware("expires_at", expires_at).timestamp()
+    return as_utc("expires_at", expires_at).timestamp()
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,8 +78,8 @@ class StoredToken:
     def __post_init__(self) -> None:
         _check_id("jti", self.jti)
         _check_id("user_id", self.user_id)
-        object.__setattr__(self, "created_at", _aware("created_at", self.created_at))
-        object.__setattr__(self, "expires_at", _aware("expires_at", self.expires_at))
+        object.__setattr__(self, "created_at", as_utc("created_at", self.created_at))
+        object.__setattr__(self, "expires_at", as_utc("expires_at", self.expires_at))
         if self.expires_at <= self.created_at:
             raise ValueError(
                 f"expires_at ({self.expires_at.isoformat()}) must be after "
@@ -150,37 +146,51 @@ class StoredToken:
         return cls.from_dict(data)
 
 
-@runtime_checkable
-class TokenStore(Protocol):
+class TokenStore(Component):
     """Where JWT ids live between issue and expiry, and how they are revoked.
 
     Applications check :meth:`is_valid` (an allowlist): an unknown, evicted,
-    expired or revoked ``jti`` is not valid.
+    expired or revoked ``jti`` is not valid. Every method is a coroutine in
+    every backend, so code written against one runs on all.
     """
 
+    @abstractmethod
     async def store(self, jti: str, user_id: str, expires_at: datetime) -> StoredToken:
         """Remember a newly issued token until ``expires_at``; returns it as stored."""
 
+    @abstractmethod
     async def get(self, jti: str) -> StoredToken | None:
         """The token, or None when unknown or expired."""
 
-    async def revoke(self, jti: str) -> bool:
-        """Revoke one token; True when a valid token became revoked."""
+    @abstractmethod
+    async def revoke(self, jti: str, *, expires_at: datetime | None = None) -> bool:
+        """Revoke one token; True when a valid token became revoked. An unknown
+        ``jti`` is remembered as revoked (until ``expires_at``) so it cannot be
+        stored later."""
 
+    @abstractmethod
     async def is_revoked(self, jti: str) -> bool:
         """True for a known token that was revoked (directly or by its user's cutoff)."""
 
+    @abstractmethod
     async def is_valid(self, jti: str) -> bool:
         """True only for a known, unexpired, unrevoked token."""
 
+    async def is_revoked_many(self, jtis: Iterable[str]) -> list[bool]:
+        """:meth:`is_revoked` for many jtis (backends batch it)."""
+        return [await self.is_revoked(jti) for jti in as_list(jtis)]
+
+    @abstractmethod
     async def revoke_all_for_user(self, user_id: str) -> int:
         """Revoke every token of the user ("log out everywhere"); how many this call revoked."""
 
+    @abstractmethod
+    async def revoked_before(self, user_id: str) -> datetime | None:
+        """The user's "log out everywhere" cutoff, if one is in force."""
+
+    @abstractmethod
     async def count(self) -> int:
         """How many tokens are held (revoked ones included, expired ones not)."""
-
-    async def close(self) -> None:
-        """Release connections."""
 
 
 def as_list(jtis: Iterable[str]) -> list[str]:

@@ -8,12 +8,17 @@ import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Literal
 
-from infrakit.health import HealthResult
+from pydantic import Field
+
+from infrakit.component import HealthResult
+from infrakit.registry import Backend
+from infrakit.settings.models import TokensSettings
 from infrakit.tokens.base import (
     DEFAULT_MAX_LIFETIME_S,
     StoredToken,
+    TokenStore,
     _check_id,
     as_list,
     revocation_until,
@@ -23,7 +28,14 @@ from infrakit.tokens.base import (
 if TYPE_CHECKING:
     from infrakit.settings.models import InfraSettings
 
-__all__ = ["InMemoryTokenStore"]
+__all__ = ["BACKEND", "InMemoryTokenStore", "MemoryTokenSettings"]
+
+
+class MemoryTokenSettings(TokensSettings):
+    """``tokens.backend: memory``: a bounded store in this process."""
+
+    backend: Literal["memory"] = "memory"
+    max_entries: int = Field(100_000, ge=1, description="Tokens held; the oldest are evicted.")
 
 
 class _Record:
@@ -37,7 +49,7 @@ class _Record:
         self.revoked = False
 
 
-class InMemoryTokenStore:
+class InMemoryTokenStore(TokenStore):
     """A bounded, thread-safe token store for one process (and for tests).
 
     Holds at most ``max_entries`` tokens; storing more evicts the oldest
@@ -57,10 +69,7 @@ class InMemoryTokenStore:
         max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
         max_revocations: int | None = None,
     ) -> None:
-        if isinstance(max_entries, bool) or not isinstance(max_entries, int) or max_entries < 1:
-            raise ValueError(f"max_entries must be >= 1, got {max_entries!r}")
-        if not isinstance(max_lifetime_s, int | float) or not max_lifetime_s > 0:
-            raise ValueError(f"max_lifetime_s must be > 0, got {max_lifetime_s!r}")
+        # Trusts its (typed) arguments: the profile model validated them.
         self.max_entries = max_entries
         self.max_lifetime_s = float(max_lifetime_s)
         # Revocations outlive eviction (a revoked jti is never stored afresh),
@@ -250,7 +259,7 @@ class InMemoryTokenStore:
             pass
         return HealthResult(ok=True, latency_ms=(time.perf_counter() - start) * 1000)
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         with self._lock:
             self._tokens.clear()
             self._by_user.clear()
@@ -258,14 +267,16 @@ class InMemoryTokenStore:
             self._markers.clear()
             self._expiries.clear()
 
-    def revoked_before(self, user_id: str) -> datetime | None:
+    async def revoked_before(self, user_id: str) -> datetime | None:
         """The user's "log out everywhere" cutoff, if one is in force."""
         cutoff = self._cutoffs.get(user_id)
         return cutoff[0] if cutoff and cutoff[1] > time.time() else None
 
 
-def build(settings: InfraSettings) -> InMemoryTokenStore:
-    """Registry factory for ``tokens.backend: memory``."""
-    return InMemoryTokenStore(
-        settings.tokens.max_entries, max_lifetime_s=settings.tokens.max_lifetime_s
-    )
+def create(section: MemoryTokenSettings, settings: InfraSettings, **_: Any) -> InMemoryTokenStore:
+    return InMemoryTokenStore(section.max_entries, max_lifetime_s=section.max_lifetime_s)
+
+
+BACKEND = Backend(
+    "tokens", "memory", MemoryTokenSettings, create, description="bounded in-process token store"
+)

@@ -42,14 +42,19 @@ import math
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import UTC, datetime
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, Self, TypeVar
 
+from pydantic import Field, field_validator, model_validator
+
+from infrakit.component import HealthResult
 from infrakit.errors import TokenStoreError
-from infrakit.health import HealthResult
-from infrakit.scrub import mask_url, parse_url, scrub_text
+from infrakit.registry import Backend
+from infrakit.scrub import SecretUrl, mask_url, parse_url, scrub_text
+from infrakit.settings.base import build
+from infrakit.settings.models import TokensSettings
 from infrakit.tokens.base import (
-    DEFAULT_MAX_LIFETIME_S,
     StoredToken,
+    TokenStore,
     _check_id,
     as_list,
     revocation_until,
@@ -59,13 +64,14 @@ from infrakit.tokens.base import (
 if TYPE_CHECKING:
     from infrakit.settings.models import InfraSettings
 
-__all__ = ["RedisTokenStore"]
+__all__ = ["BACKEND", "RedisTokenSettings", "RedisTokenStore"]
 
 _log = logging.getLogger("infrakit.tokens")
 DEFAULT_SOCKET_TIMEOUT_S = 0.5
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
 T = TypeVar("T")
 OnError = Literal["fail_closed", "fail_open"]
+_SCHEMES = ("redis", "rediss", "redis+sentinel", "unix")
 
 _STORE_USER = """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[4])
@@ -211,7 +217,80 @@ def _parse_sentinel(url: str) -> tuple[list[tuple[str, int]], str, int, dict[str
     return hosts, path[0], db, {"password": password, "username": username}
 
 
-class RedisTokenStore:
+class RedisTokenSettings(TokensSettings):
+    """``tokens.backend: redis``: Redis standalone, Sentinel or Cluster."""
+
+    backend: Literal["redis"] = "redis"
+    url: SecretUrl = Field(
+        SecretUrl("redis://127.0.0.1:6379/0"),
+        description="redis://, rediss:// (TLS), redis+sentinel://host:26379/service[/db] "
+        "or unix:// URL.",
+    )
+    cluster: bool = Field(False, description="Connect to a Redis Cluster.")
+    key_prefix: str = Field("infrakit:tok:", min_length=1, description="Prefix of every key.")
+    socket_timeout_s: float = Field(
+        DEFAULT_SOCKET_TIMEOUT_S,
+        gt=0,
+        lt=60,
+        allow_inf_nan=False,
+        description="Redis timeout in seconds for one command on an open connection.",
+    )
+    connect_timeout_s: float = Field(
+        DEFAULT_CONNECT_TIMEOUT_S,
+        gt=0,
+        lt=300,
+        allow_inf_nan=False,
+        description="Redis timeout in seconds for opening a connection, TLS handshake "
+        "included (a burst of new TLS connections is slow, not an outage).",
+    )
+    on_backend_error: Literal["fail_closed", "fail_open"] = Field(
+        "fail_closed",
+        description="fail_closed raises when Redis is down; fail_open answers permissively.",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: SecretUrl) -> SecretUrl:
+        url = value.get_secret_value()
+        scheme = value.scheme
+        if scheme not in _SCHEMES:
+            raise ValueError(
+                f"unsupported Redis URL scheme {scheme!r} in {value.masked!r}; "
+                "use redis://, rediss:// or redis+sentinel://"
+            )
+        if scheme == "redis+sentinel":
+            _parse_sentinel(url)  # names its problem: a service, numeric ports
+        elif scheme != "unix":
+            parts = parse_url(url)
+            try:
+                parts.port  # noqa: B018 - raises for a port that is not a number
+            except ValueError as error:
+                raise ValueError(f"{value.masked!r}: {error}") from None
+            if not parts.host:
+                raise ValueError(f"{value.masked!r} names no host")
+            database = parts.path.strip("/")
+            if database and not database.isdigit():
+                raise ValueError(f"{value.masked!r}: the database {database!r} is not a number")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _prefix(cls, value: str) -> str:
+        if "{" in value or "}" in value:
+            raise ValueError(
+                f"key_prefix {value!r} must not contain braces: they would override "
+                "the per-user hash tags"
+            )
+        return value
+
+    @model_validator(mode="after")
+    def _mode(self) -> Self:
+        if self.cluster and self.url.scheme == "redis+sentinel":
+            raise ValueError("cluster: true cannot be combined with a redis+sentinel:// URL")
+        return self
+
+
+class RedisTokenStore(TokenStore):
     """Tokens in Redis with per-token TTLs and atomic per-user operations.
 
     ``on_backend_error="fail_closed"`` (the default) raises
@@ -221,54 +300,24 @@ class RedisTokenStore:
     with a warning when Redis goes away and a note when it is back.
     """
 
-    def __init__(
-        self,
-        url: str,
-        *,
-        key_prefix: str = "infrakit:tok:",
-        socket_timeout_s: float = DEFAULT_SOCKET_TIMEOUT_S,
-        connect_timeout_s: float = DEFAULT_CONNECT_TIMEOUT_S,
-        on_backend_error: OnError = "fail_closed",
-        cluster: bool = False,
-        max_lifetime_s: float = DEFAULT_MAX_LIFETIME_S,
-    ) -> None:
-        if not isinstance(url, str) or "://" not in url:
-            raise ValueError(
-                f"url must be a redis://, rediss:// or redis+sentinel:// URL, got {url!r}"
-            )
-        scheme = url.split("://", 1)[0].lower()
-        if scheme not in ("redis", "rediss", "redis+sentinel", "unix"):
-            raise ValueError(
-                f"unsupported Redis URL scheme {scheme!r} in {mask_url(url)!r}; "
-                "use redis://, rediss:// or redis+sentinel://"
-            )
-        if cluster and scheme == "redis+sentinel":
-            raise ValueError("cluster: true cannot be combined with a redis+sentinel:// URL")
-        if not isinstance(key_prefix, str) or not key_prefix:
-            raise ValueError("key_prefix cannot be empty")
-        if "{" in key_prefix or "}" in key_prefix:
-            raise ValueError(
-                f"key_prefix {key_prefix!r} must not contain braces: they would override "
-                "the per-user hash tags"
-            )
-        if not isinstance(socket_timeout_s, int | float) or not 0 < socket_timeout_s < 60:
-            raise ValueError(f"socket_timeout_s must be between 0 and 60, got {socket_timeout_s!r}")
-        if not isinstance(connect_timeout_s, int | float) or not 0 < connect_timeout_s < 300:
-            raise ValueError(
-                f"connect_timeout_s must be between 0 and 300, got {connect_timeout_s!r}"
-            )
-        if on_backend_error not in ("fail_closed", "fail_open"):
-            raise ValueError(
-                f"on_backend_error must be 'fail_closed' or 'fail_open', got {on_backend_error!r}"
-            )
-        self._url = url
-        self.url = mask_url(url)
-        self.prefix = key_prefix
-        self.socket_timeout_s = float(socket_timeout_s)
-        self.connect_timeout_s = float(connect_timeout_s)
-        self.on_backend_error: OnError = on_backend_error
-        self.cluster = cluster
-        self.max_lifetime_s = float(max_lifetime_s)
+    def __init__(self, url: str | RedisTokenSettings, **options: Any) -> None:
+        """``RedisTokenStore(settings)``, or ``RedisTokenStore(url, key_prefix=...,
+        socket_timeout_s=..., connect_timeout_s=..., on_backend_error=..., cluster=...,
+        max_lifetime_s=...)``, which builds (and so validates) the settings model."""
+        settings = (
+            url
+            if isinstance(url, RedisTokenSettings)
+            else build(RedisTokenSettings, url=url, **options)
+        )
+        self.settings = settings
+        self._url = settings.url.get_secret_value()
+        self.url = settings.url.masked
+        self.prefix = settings.key_prefix
+        self.socket_timeout_s = settings.socket_timeout_s
+        self.connect_timeout_s = settings.connect_timeout_s
+        self.on_backend_error: OnError = settings.on_backend_error
+        self.cluster = settings.cluster
+        self.max_lifetime_s = float(settings.max_lifetime_s)
         self._client: Any = None
         self._sentinel: Any = None
         self._scripts: dict[str, Any] = {}
@@ -330,13 +379,13 @@ class RedisTokenStore:
             }
         return self._client
 
-    async def initialize(self) -> None:
-        """Check that Redis answers (``Infra`` calls this at start-up)."""
+    async def start(self) -> None:
+        """Check that Redis answers (the container calls this at start-up)."""
         result = await self.health_check()
         if not result.ok:
             raise TokenStoreError(f"cannot reach Redis at {self.url}: {result.error}")
 
-    async def close(self) -> None:
+    async def aclose(self) -> None:
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
@@ -592,15 +641,16 @@ class RedisTokenStore:
         return HealthResult(True, (time.perf_counter() - start) * 1000)
 
 
-def build(settings: InfraSettings) -> RedisTokenStore:
-    """Registry factory for ``tokens.backend: redis``."""
-    tokens = settings.tokens
-    return RedisTokenStore(
-        tokens.url.get_secret_value(),
-        key_prefix=tokens.key_prefix,
-        socket_timeout_s=tokens.socket_timeout_s,
-        connect_timeout_s=tokens.connect_timeout_s,
-        on_backend_error=tokens.on_backend_error,
-        cluster=tokens.cluster,
-        max_lifetime_s=tokens.max_lifetime_s,
-    )
+def create(section: RedisTokenSettings, settings: InfraSettings, **_: Any) -> RedisTokenStore:
+    return RedisTokenStore(section)
+
+
+BACKEND = Backend(
+    "tokens",
+    "redis",
+    RedisTokenSettings,
+    create,
+    extra="redis",
+    modules=("redis",),
+    description="Redis (standalone, Sentinel or Cluster) token store",
+)

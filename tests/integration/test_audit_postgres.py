@@ -13,11 +13,13 @@ import sqlalchemy as sa
 from infrakit.audit import AuditFilter, SqlAuditLogger
 from infrakit.audit.sql import AUDIT_TABLE, metadata
 from infrakit.database import DatabaseSession, upgrade
-from infrakit.database.migrate import HEAD, VERSION_TABLE
+from infrakit.database.migrate import VERSION_TABLE
 from infrakit.errors import DatabaseError
 from infrakit.testing.contracts import AuditLoggerContract, MakeLogger, entry
 
 pytestmark = pytest.mark.integration
+
+HEAD = "0001_audit_log"
 
 
 @pytest.fixture
@@ -27,7 +29,7 @@ async def pg(pg_url: str) -> AsyncIterator[DatabaseSession]:
     async with db.engine.begin() as conn:
         await conn.execute(sa.text(f"TRUNCATE {AUDIT_TABLE} RESTART IDENTITY"))
     yield db
-    await db.close()
+    await db.aclose()
 
 
 class TestSqlAuditLoggerOnPostgres(AuditLoggerContract):
@@ -37,7 +39,7 @@ class TestSqlAuditLoggerOnPostgres(AuditLoggerContract):
     def make_logger(self, pg: DatabaseSession) -> MakeLogger:
         async def make() -> SqlAuditLogger:
             logger = SqlAuditLogger(pg)
-            await logger.initialize()
+            await logger.start()
             return logger
 
         return make
@@ -112,7 +114,7 @@ class TestPostgresSpecifics:
             async with db.engine.connect() as conn:
                 assert await conn.run_sync(diff) == []
         finally:
-            await db.close()
+            await db.aclose()
 
     async def test_concurrent_upgrades(self, fresh_pg_url: str) -> None:
         dbs = [DatabaseSession(fresh_pg_url) for _ in range(4)]
@@ -120,7 +122,7 @@ class TestPostgresSpecifics:
             assert await asyncio.gather(*(upgrade(db) for db in dbs)) == [HEAD] * 4
         finally:
             for db in dbs:
-                await db.close()
+                await db.aclose()
 
     async def test_filter_query_uses_an_index(self, pg: DatabaseSession) -> None:
         audit = SqlAuditLogger(pg)
@@ -148,7 +150,7 @@ def _writer(url: str, worker: int, count: int) -> None:
         audit = SqlAuditLogger(db)
         for i in range(count):
             await audit.log_action("write", "doc", user_id=f"w{worker}", details={"i": i})
-        await db.close()
+        await db.aclose()
 
     asyncio.run(run())
 
@@ -191,7 +193,7 @@ class TestDatabaseFailures:
                 killer = DatabaseSession(str(pg.engine.url.render_as_string(hide_password=False)))
                 async with killer.engine.connect() as conn:
                     await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-                await killer.close()
+                await killer.aclose()
                 await s.execute(sa.text("SELECT 1"))
         # the pool recovers: the next session works (pre-ping drops the dead connection)
         async with pg.session() as s:

@@ -31,7 +31,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from opentelemetry import trace
 
-from infrakit import load_settings
+from infrakit import Infra, load_settings
 from infrakit.cli import main as cli
 from infrakit.database import DatabaseSession
 from infrakit.errors import ConfigError
@@ -336,7 +336,7 @@ class TestSqlParameters:
                 except sa.exc.IntegrityError:
                     structlog.get_logger().exception("insert failed")
             finally:
-                await db.close()
+                await db.aclose()
                 reset_logging()
             return out.getvalue()
 
@@ -430,8 +430,6 @@ class TestProfileValues:
     @SLOW
     @given(password=url_secrets)
     def test_health_json(self, password: str) -> None:
-        from infrakit.health import check_profile
-
         settings = load_settings(
             "test",
             overrides={
@@ -442,7 +440,7 @@ class TestProfileValues:
                 "tokens.url": f"redis://:{password}@127.0.0.1:9/0?password={password}",
             },
         )
-        report = asyncio.run(check_profile(settings, timeout_s=5))
+        report = asyncio.run(Infra(settings).probe(timeout_s=5))
         text = json.dumps(report.to_dict())
         assert "down" in text
         assert_clean(text, password, where="health JSON")

@@ -42,7 +42,7 @@ class TestRestart:
             await asyncio.to_thread(cluster.start)
             assert await one(db) == 1  # pre-ping replaced the dead connection
         finally:
-            await db.close()
+            await db.aclose()
 
     async def test_audit_write_while_down_raises_then_recovers(self, cluster: PgCluster) -> None:
         db = DatabaseSession(cluster.url, connect_timeout_s=2)
@@ -59,4 +59,4 @@ class TestRestart:
             assert await audit.count() == 2
             assert (await audit.verify()).ok
         finally:
-            await db.close()
+            await db.aclose()

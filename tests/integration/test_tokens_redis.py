@@ -43,7 +43,7 @@ async def stores() -> AsyncIterator[Stores]:
     yield make
     for store in made:
         with contextlib.suppress(Exception):
-            await store.close()
+            await store.aclose()
 
 
 class TestRedisStandalone(TokenStoreContract):
@@ -53,7 +53,7 @@ class TestRedisStandalone(TokenStoreContract):
     def make_store(self, redis_prefix: str) -> MakeStore:
         async def make() -> RedisTokenStore:
             store = RedisTokenStore(REDIS_URL, key_prefix=redis_prefix, max_lifetime_s=86_400)
-            await store.initialize()
+            await store.start()
             return store
 
         return make
@@ -68,7 +68,7 @@ class TestRedisCluster(TokenStoreContract):
             store = RedisTokenStore(
                 redis_cluster.url, key_prefix=cluster_prefix, cluster=True, max_lifetime_s=86_400
             )
-            await store.initialize()
+            await store.start()
             return store
 
         return make
@@ -83,7 +83,7 @@ class TestRedisCluster(TokenStoreContract):
             )
         slots = {key_slot(store.user_key(f"user{n}").encode()) for n in range(50)}
         assert len(slots) > 10  # users spread over the cluster
-        await store.close()
+        await store.aclose()
 
 
 class TestRedisSentinel(TokenStoreContract):
@@ -95,7 +95,7 @@ class TestRedisSentinel(TokenStoreContract):
             store = RedisTokenStore(
                 redis_sentinel.url, key_prefix=redis_prefix, max_lifetime_s=86_400
             )
-            await store.initialize()
+            await store.start()
             return store
 
         return make
@@ -112,7 +112,7 @@ class TestRedisTLS(TokenStoreContract):
             # The default timeouts: the contract's burst of 50 first connections
             # (50 TLS handshakes at once) is bounded by connect_timeout_s.
             store = RedisTokenStore(redis_tls.url, key_prefix=prefix, max_lifetime_s=86_400)
-            await store.initialize()
+            await store.start()
             return store
 
         return make
@@ -227,7 +227,7 @@ class TestRedisGoesAway:
         with pytest.raises(
             TokenStoreError, match=r"cannot reach Redis at redis://:\*\*\*@127\.0\.0\.1:9/0"
         ) as caught:
-            await store.initialize()
+            await store.start()
         assert ":pw@" not in str(caught.value)
 
 
@@ -292,7 +292,7 @@ class TestConnectTimeout:
         async with _SlowDoor(redis_tls.server.port, delay_s=1.0) as door:
             url = redis_tls.url.replace(f":{redis_tls.server.port}/", f":{door.port}/")
             store = stores(url, socket_timeout_s=0.2, connect_timeout_s=NO_HANG_S)
-            await store.initialize()  # 1 s to connect, more than socket_timeout_s: fine
+            await store.start()  # 1 s to connect, more than socket_timeout_s: fine
             await store.store("j", "u", soon())
             assert await store.is_valid("j")
 

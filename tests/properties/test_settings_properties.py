@@ -90,7 +90,9 @@ class TestSecretsNeverShow:
         placeholder = "PLACEHOLDERxyz"
         env = {
             "DB_PASS": secret,
+            "INFRAKIT__TOKENS__BACKEND": "redis",
             "INFRAKIT__TOKENS__URL": f"redis://:{quote(secret, safe='')}@cache:6379/0",
+            "INFRAKIT__TELEMETRY__EXPORTER": "otlp",
             "INFRAKIT__TELEMETRY__HEADERS": f'{{"authorization": "Bearer {secret}"}}',
         }
         profile = "database:\n  url: postgresql+asyncpg://app:${DB_PASS}@db:5432/app\n"
@@ -147,7 +149,7 @@ FIELDS: dict[str, st.SearchStrategy[Any]] = {
     "database.max_overflow": st.integers(0, 500),
     "database.pool_recycle_s": st.integers(0, 10_000),
     "tokens.max_entries": st.integers(1, 10**7),
-    "tokens.key_prefix": st.text(string.ascii_letters + ":", min_size=1, max_size=10),
+    "tokens.max_lifetime_s": st.integers(1, 10**8),
     "audit.max_entries": st.integers(1, 10**6),
     "telemetry.sample_ratio": st.floats(0, 1),
     "service.environment": st.text(string.ascii_letters, min_size=1, max_size=10),

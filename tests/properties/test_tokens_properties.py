@@ -11,6 +11,7 @@ from hypothesis import strategies as st
 
 from infrakit.errors import TokenStoreError
 from infrakit.tokens import InMemoryTokenStore, RedisTokenStore, StoredToken
+from infrakit.tokens.memory import MemoryTokenSettings
 
 ids = st.text(min_size=1, max_size=40).filter(lambda s: s.strip())
 blank = st.text(alphabet=" \t\n\r", max_size=5)
@@ -152,8 +153,8 @@ class TestProperty18:
 
     @given(max_entries=st.integers(max_value=0))
     def test_capacity(self, max_entries: int) -> None:
-        with pytest.raises(ValueError, match=r".+"):
-            InMemoryTokenStore(max_entries)
+        with pytest.raises(ValueError, match=r"max_entries"):
+            MemoryTokenSettings(max_entries=max_entries)
 
 
 class TestProperty19:
@@ -168,6 +169,6 @@ class TestProperty19:
                     await call
                 assert caught.value.__cause__ is not None
                 assert isinstance(caught.value.__cause__, OSError | Exception)
-            await store.close()
+            await store.aclose()
 
         asyncio.run(run())

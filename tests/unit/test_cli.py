@@ -160,7 +160,9 @@ class TestDescribe:
         assert code == 0
         assert "profile: test" in out
         assert "components:" in out
-        assert "stopped cleanly" in out
+        for component in ("telemetry", "database", "tokens", "audit"):
+            assert f"  {component} " in out
+        assert out.count(" up ") == 4
 
 
 class TestCheck:

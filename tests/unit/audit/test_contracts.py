@@ -31,13 +31,13 @@ class TestSqlAuditLoggerOnSqliteFile(AuditLoggerContract):
         db = DatabaseSession(f"sqlite+aiosqlite:///{tmp_path}/audit.db")
         await upgrade(db)
         yield db
-        await db.close()
+        await db.aclose()
 
     @pytest.fixture
     def make_logger(self, database: DatabaseSession) -> MakeLogger:
         async def make() -> SqlAuditLogger:
             logger = SqlAuditLogger(database)
-            await logger.initialize()
+            await logger.start()
             return logger
 
         return make
@@ -49,9 +49,9 @@ class TestSqlAuditLoggerOnSqliteMemory(AuditLoggerContract):
     @pytest.fixture
     async def database(self) -> AsyncIterator[DatabaseSession]:
         db = DatabaseSession("sqlite+aiosqlite:///:memory:", auto_migrate=True)
-        await db.initialize()
+        await db.start()
         yield db
-        await db.close()
+        await db.aclose()
 
     @pytest.fixture
     def make_logger(self, database: DatabaseSession) -> MakeLogger:

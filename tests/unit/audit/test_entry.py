@@ -176,8 +176,10 @@ class TestInMemoryConcurrency:
         assert asyncio.run(logger.verify()).ok
 
     def test_bad_max_entries(self) -> None:
+        from infrakit.audit.memory import MemoryAuditSettings
+
         with pytest.raises(ValueError, match="max_entries"):
-            InMemoryAuditLogger(0)
+            MemoryAuditSettings(max_entries=0)
 
 
 class TestContext:

@@ -25,13 +25,13 @@ async def database(tmp_path: Path) -> AsyncIterator[DatabaseSession]:
     db = DatabaseSession(f"sqlite+aiosqlite:///{tmp_path}/audit.db")
     await upgrade(db)
     yield db
-    await db.close()
+    await db.aclose()
 
 
 @pytest.fixture
 async def audit(database: DatabaseSession) -> SqlAuditLogger:
     logger = SqlAuditLogger(database)
-    await logger.initialize()
+    await logger.start()
     for n in range(6):
         await logger.log_action("act", "doc", user_id="u", resource_id=str(n), details={"n": n})
     return logger
@@ -152,8 +152,8 @@ class TestWrites:
     async def test_missing_table_says_how_to_fix(self, tmp_path: Path) -> None:
         db = DatabaseSession(f"sqlite+aiosqlite:///{tmp_path}/empty.db")
         with pytest.raises(AuditError, match="run `infrakit db upgrade PROFILE`"):
-            await SqlAuditLogger(db).initialize()
-        await db.close()
+            await SqlAuditLogger(db).start()
+        await db.aclose()
 
     async def test_write_to_a_dead_database_raises(self) -> None:
         db = DatabaseSession("postgresql+asyncpg://app:pw@127.0.0.1:9/db", connect_timeout_s=2)
@@ -162,7 +162,7 @@ class TestWrites:
             await logger.log_action("login", "session")
         assert exc.value.__cause__ is not None
         assert "pw@" not in str(exc.value)
-        await db.close()
+        await db.aclose()
 
     async def test_chain_off(self, database: DatabaseSession) -> None:
         logger = SqlAuditLogger(database, hash_chain=False)
@@ -173,6 +173,9 @@ class TestWrites:
         assert result.ok
         assert result.reason == "hash chain disabled"
 
-    def test_needs_a_database_session(self) -> None:
-        with pytest.raises(ValueError, match="needs a DatabaseSession"):
-            SqlAuditLogger("sqlite://")  # type: ignore[arg-type]
+    def test_audit_sql_needs_the_database_component(self) -> None:
+        from infrakit.registry import get_backend
+
+        backend = get_backend("audit", "sql")
+        assert backend is not None
+        assert backend.requires == ("database",)

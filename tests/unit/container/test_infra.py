@@ -3,29 +3,32 @@ from __future__ import annotations
 import socket
 import sys
 import textwrap
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import pytest
 from dependency_injector import providers
+from pydantic import create_model
 
 from infrakit import (
     ConfigError,
     Infra,
     InfraContainer,
     InfrastructureError,
-    MissingDependencyError,
     ShutdownError,
     load_settings,
     register_backend,
     registry,
 )
+from infrakit.component import Component, HealthResult
+from infrakit.registry import Backend
 from infrakit.settings import InfraSettings
+from infrakit.settings.models import COMPONENT_SETTINGS
 
 
-class Recorder:
+class Recorder(Component):
     """A small real component that records its lifecycle."""
 
     def __init__(self, name: str, events: list[str], *, fail_close: bool = False, **deps: Any):
@@ -35,7 +38,7 @@ class Recorder:
         self.fail_close = fail_close
         self.open = False
 
-    async def initialize(self) -> None:
+    async def start(self) -> None:
         self.events.append(f"start {self.name}")
         self.open = True
 
@@ -44,6 +47,27 @@ class Recorder:
         self.open = False
         if self.fail_close:
             raise RuntimeError(f"{self.name} would not close")
+
+    async def health_check(self) -> HealthResult:
+        return HealthResult(self.open, 0.0)
+
+
+def make_backend(
+    component: str,
+    name: str,
+    create: Callable[..., Any],
+    *,
+    requires: tuple[str, ...] = (),
+    **backend_options: Any,
+) -> Backend:
+    """A backend whose settings model is its component's base with its own name."""
+    base = COMPONENT_SETTINGS[component]
+    model = create_model(
+        f"{name.title()}{component.title()}Settings",
+        __base__=base,
+        **{base.selector: (Literal[name], name)},  # type: ignore[call-overload]
+    )
+    return Backend(component, name, model, create, requires=requires, **backend_options)
 
 
 @pytest.fixture
@@ -58,17 +82,22 @@ def backends(events: list[str]) -> Iterator[dict[str, Any]]:
     failing: set[str] = set()
 
     def factory(component: str) -> Any:
-        def build(settings: InfraSettings, **deps: Any) -> Recorder:
+        def create(section: Any, settings: InfraSettings, **deps: Any) -> Recorder:
             rec = Recorder(component, events, fail_close=component in failing, **deps)
             built[component] = rec
             return rec
 
-        return build
+        return create
 
-    register_backend("telemetry", "rec", factory("telemetry"))
-    register_backend("database", "rec", factory("database"))
-    register_backend("tokens", "rec", factory("tokens"), requires=["database"])
-    register_backend("audit", "rec", factory("audit"), requires=["database", "tokens"])
+    requires = {"tokens": ("database",), "audit": ("database", "tokens")}
+    for component in registry.COMPONENTS:
+        register_backend(
+            component,
+            "rec",
+            make_backend(
+                component, "rec", factory(component), requires=requires.get(component, ())
+            ),
+        )
     built["_failing"] = failing
     yield built
     for component in registry.COMPONENTS:
@@ -94,13 +123,22 @@ class TestLifecycle:
         async with Infra(rec_settings()) as infra:
             assert events == ["start telemetry", "start database", "start tokens", "start audit"]
             assert infra.tokens is backends["tokens"]
-            assert infra.audit.deps == {
+            assert backends["audit"].deps == {
                 "database": backends["database"],
                 "tokens": backends["tokens"],
             }
             assert [i.state for i in infra.describe()] == ["ready"] * 4
         assert events[4:] == ["stop audit", "stop tokens", "stop database", "stop telemetry"]
         assert not any(rec.open for name, rec in backends.items() if not name.startswith("_"))
+
+    async def test_one_component_starts_only_what_it_needs(
+        self, backends: dict[str, Any], events: list[str]
+    ) -> None:
+        infra = Infra(rec_settings())
+        await infra.start("tokens")
+        assert events == ["start database", "start tokens"]
+        await infra.aclose()
+        assert events[2:] == ["stop tokens", "stop database"]
 
     async def test_shutdown_carries_on_and_reports_all(
         self, backends: dict[str, Any], events: list[str]
@@ -115,10 +153,10 @@ class TestLifecycle:
         assert events[4:] == ["stop audit", "stop tokens", "stop database", "stop telemetry"]
 
     async def test_failed_start_undoes_what_started(self, events: list[str], backends: Any) -> None:
-        def broken(settings: InfraSettings, **deps: Any) -> Any:
+        def broken(section: Any, settings: InfraSettings, **deps: Any) -> Any:
             raise ConnectionRefusedError("tokens backend down")
 
-        register_backend("tokens", "broken", broken)
+        register_backend("tokens", "broken", make_backend("tokens", "broken", broken))
         try:
             infra = Infra(rec_settings(**{"tokens.backend": "broken", "audit.backend": "memory"}))
             with pytest.raises(ConnectionRefusedError):
@@ -145,29 +183,35 @@ class TestLifecycle:
         await infra.aclose()
         assert len(events) == 8
 
-    async def test_async_context_manager_components(self, events: list[str], backends: Any) -> None:
-        class Managed:
-            async def __aenter__(self) -> str:
-                events.append("enter")
-                return "handle"
-
-            async def __aexit__(self, *exc: object) -> None:
-                events.append("exit")
-
-        register_backend("tokens", "managed", lambda settings: Managed())
+    async def test_a_backend_must_build_a_component(self, backends: Any) -> None:
+        register_backend(
+            "tokens", "plain", make_backend("tokens", "plain", lambda section, settings: object())
+        )
         try:
-            async with Infra(rec_settings(**{"tokens.backend": "managed"})) as infra:
-                assert infra.tokens == "handle"
-            assert events.count("enter") == events.count("exit") == 1
+            infra = Infra(rec_settings(**{"tokens.backend": "plain"}))
+            with pytest.raises(TypeError, match="not an infrakit Component"):
+                await infra.start()
         finally:
-            registry.unregister_backend("tokens", "managed")
+            registry.unregister_backend("tokens", "plain")
 
-    def test_unavailable_component_says_why(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        # as if the kit's memory token store were absent from this install
-        monkeypatch.delitem(registry._table, ("tokens", "memory"))
-        infra = Infra(load_settings("test", environ={}))
-        with pytest.raises(InfrastructureError, match="tokens is not available"):
-            _ = infra.tokens
+    async def test_probe_reports_down_and_unavailable(
+        self, backends: Any, events: list[str]
+    ) -> None:
+        def broken(section: Any, settings: InfraSettings, **deps: Any) -> Any:
+            raise ConnectionRefusedError("database at db.internal refused")
+
+        register_backend("database", "broken", make_backend("database", "broken", broken))
+        try:
+            report = await Infra(rec_settings(**{"database.backend": "broken"})).probe()
+        finally:
+            registry.unregister_backend("database", "broken")
+        states = {c.component: (c.status, c.error) for c in report.components}
+        assert states["telemetry"] == ("up", None)
+        assert states["database"][0] == "down"
+        assert "refused" in str(states["database"][1])
+        assert states["tokens"] == ("unavailable", "needs database")
+        assert states["audit"] == ("unavailable", "needs database, tokens")
+        assert events == ["start telemetry", "stop telemetry"]  # everything it started, stopped
 
     def test_rejects_non_settings(self) -> None:
         with pytest.raises(TypeError, match=r"Infra\.from_profile"):
@@ -175,29 +219,27 @@ class TestLifecycle:
 
 
 class TestGraphCheck:
-    """The graph is checked when Infra is built, not at first use."""
+    """The graph is checked when the profile is validated and Infra is built."""
 
     def test_missing_extra_names_the_install_line(self, backends: Any) -> None:
         register_backend(
-            "tokens", "exotic", "nowhere:Factory", extra="exotic", modules=["no_such_module_xyz"]
+            "tokens",
+            "exotic",
+            make_backend(
+                "tokens",
+                "exotic",
+                lambda section, settings: None,
+                extra="exotic",
+                modules=("no_such_module_xyz",),
+            ),
         )
         try:
-            with pytest.raises(MissingDependencyError) as exc:
-                Infra(rec_settings(**{"tokens.backend": "exotic"}))
+            with pytest.raises(ConfigError) as exc:
+                rec_settings(**{"tokens.backend": "exotic"})
             assert 'pip install "infrakit[exotic]"' in str(exc.value)
             assert "tokens.backend" in str(exc.value)
-            assert isinstance(exc.value, ConfigError)
         finally:
             registry.unregister_backend("tokens", "exotic")
-
-    def test_missing_dependency_component(
-        self, backends: Any, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        # as if the kit's own database backend were absent from this install
-        monkeypatch.delitem(registry._table, ("database", "sqlalchemy"))
-        settings = rec_settings(**{"database.backend": "sqlalchemy"})
-        with pytest.raises(ConfigError, match=r"tokens\.backend: backend 'rec' needs database"):
-            Infra(settings)
 
     def test_unknown_component_in_components(self, backends: Any) -> None:
         with pytest.raises(ConfigError, match="unknown component"):
@@ -241,19 +283,34 @@ class TestRegistry:
 
     def test_register_validates(self) -> None:
         with pytest.raises(ValueError, match="unknown component 'cache'"):
-            register_backend("cache", "x", object)
+            register_backend("cache", "x", "m:x")
         with pytest.raises(ValueError, match="cannot be empty"):
-            register_backend("tokens", " ", object)
+            register_backend("tokens", " ", "m:x")
+        with pytest.raises(ValueError, match="module:attr"):
+            register_backend("tokens", "x", "no_colon")
 
     def test_registered_names_become_valid_settings(self) -> None:
         with pytest.raises(ConfigError, match="unknown backend"):
             load_settings("test", environ={}, overrides={"tokens.backend": "dynamo"})
-        register_backend("tokens", "dynamo", "x:y")
+        register_backend(
+            "tokens", "dynamo", make_backend("tokens", "dynamo", lambda section, settings: None)
+        )
         try:
             settings = load_settings("test", environ={}, overrides={"tokens.backend": "dynamo"})
             assert settings.tokens.backend == "dynamo"
         finally:
             registry.unregister_backend("tokens", "dynamo")
+
+    def test_a_target_that_is_not_a_backend(self, tmp_path: Path, monkeypatch: Any) -> None:
+        (tmp_path / "not_backend_mod.py").write_text("BACKEND = 42\n")
+        monkeypatch.syspath_prepend(str(tmp_path))
+        register_backend("tokens", "odd", "not_backend_mod:BACKEND")
+        try:
+            with pytest.raises(ConfigError, match="not an infrakit Backend"):
+                load_settings("test", environ={}, overrides={"tokens.backend": "odd"})
+        finally:
+            registry.unregister_backend("tokens", "odd")
+            sys.modules.pop("not_backend_mod", None)
 
     def test_entry_points(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
         dist = tmp_path / "infrakit_plugin-1.0.dist-info"
@@ -265,47 +322,52 @@ class TestRegistry:
             textwrap.dedent(
                 """
                 [infrakit.backends]
-                tokens.plugin = infrakit_plugin_mod:build
-                tokens.memory = infrakit_plugin_mod:hijack
+                tokens.plugin = infrakit_plugin_mod:BACKEND
+                tokens.memory = infrakit_plugin_mod:HIJACK
                 """
             )
         )
-        (tmp_path / "infrakit_plugin_mod.py").write_text(
-            "def build(settings):\n    return ('plugin', settings.service.name)\n"
-            "def hijack(settings):\n    raise AssertionError('built-in names are reserved')\n"
-        )
+        (tmp_path / "infrakit_plugin_mod.py").write_text(PLUGIN_MODULE)
         monkeypatch.syspath_prepend(str(tmp_path))
         monkeypatch.setattr(registry, "_entry_points_loaded", False)
         try:
             assert "plugin" in registry.known_names("tokens")
-            spec = registry.get_backend("tokens", "plugin")
-            assert spec is not None
-            assert spec.origin is registry.Origin.ENTRY_POINT
-            settings = load_settings("test", environ={}, overrides={"tokens.backend": "plugin"})
+            backend = registry.get_backend("tokens", "plugin")
+            assert backend is not None
+            settings = load_settings(
+                "test", environ={}, overrides={"tokens.backend": "plugin", "tokens.shards": 8}
+            )
+            assert settings.tokens.shards == 8  # type: ignore[attr-defined]
             infra = Infra(settings)
             assert infra.describe()[2].state == "configured"
-            assert registry.get_backend("tokens", "memory") is None or (
-                registry.get_backend("tokens", "memory").origin is not registry.Origin.ENTRY_POINT  # type: ignore[union-attr]
-            )
+            memory = registry.get_backend("tokens", "memory")
+            assert memory is not None
+            assert memory.create.__module__ == "infrakit.tokens.memory"  # not hijacked
         finally:
             registry._table.pop(("tokens", "plugin"), None)
             sys.modules.pop("infrakit_plugin_mod", None)
 
-    async def test_entry_point_backend_is_built(
-        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-    ) -> None:
-        (tmp_path / "ep_mod.py").write_text(
-            "def build(settings):\n    return ['built', settings.service.name]\n"
-        )
-        monkeypatch.syspath_prepend(str(tmp_path))
-        register_backend("tokens", "ep", "ep_mod:build")
-        try:
-            settings = load_settings("test", environ={}, overrides={"tokens.backend": "ep"})
-            async with Infra(settings) as infra:
-                assert infra.tokens == ["built", "infrakit-test"]
-        finally:
-            registry.unregister_backend("tokens", "ep")
-            sys.modules.pop("ep_mod", None)
+
+PLUGIN_MODULE = """
+from typing import Literal
+
+from infrakit.component import Component, HealthResult
+from infrakit.registry import Backend
+from infrakit.settings import TokensSettings
+
+
+class PluginSettings(TokensSettings):
+    backend: Literal["plugin"] = "plugin"
+    shards: int = 4
+
+
+def create(section, settings, **deps):
+    raise AssertionError("not built in this test")
+
+
+BACKEND = Backend("tokens", "plugin", PluginSettings, create)
+HIJACK = Backend("tokens", "memory", PluginSettings, create)
+"""
 
 
 @contextmanager

@@ -9,15 +9,17 @@ import sqlalchemy as sa
 
 from infrakit.audit.sql import AUDIT_TABLE, metadata
 from infrakit.database import DatabaseSession, current_revision, upgrade, upgrade_sync
-from infrakit.database.migrate import HEAD, VERSION_TABLE
+from infrakit.database.migrate import VERSION_TABLE
 from infrakit.settings import load_settings
+
+HEAD = "0001_audit_log"
 
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[DatabaseSession]:
     database = DatabaseSession(f"sqlite+aiosqlite:///{tmp_path}/m.db")
     yield database
-    await database.close()
+    await database.aclose()
 
 
 class TestUpgrade:
@@ -64,7 +66,12 @@ class TestUpgrade:
 
     def test_upgrade_from_settings_outside_a_loop(self, tmp_path: Path) -> None:
         settings = load_settings(
-            "test", environ={}, overrides={"database.url": f"sqlite+aiosqlite:///{tmp_path}/s/x.db"}
+            "test",
+            environ={},
+            overrides={
+                "database.url": f"sqlite+aiosqlite:///{tmp_path}/s/x.db",
+                "audit.backend": "sql",
+            },
         )
         assert upgrade_sync(settings) == HEAD
         assert (tmp_path / "s" / "x.db").exists()

@@ -18,11 +18,11 @@ from infrakit.logging import configure_logging
 @pytest.fixture
 async def memory_db() -> AsyncIterator[DatabaseSession]:
     db = DatabaseSession("sqlite+aiosqlite:///:memory:")
-    await db.initialize()
+    await db.start()
     async with db.session() as s:
         await s.execute(text("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT NOT NULL)"))
     yield db
-    await db.close()
+    await db.aclose()
 
 
 async def rows(db: DatabaseSession) -> list[str]:
@@ -44,7 +44,9 @@ class TestValidation:
 
     @pytest.mark.parametrize(("pool_size", "max_overflow"), [(0, 0), (-1, 5), (5, -1), (True, 0)])
     def test_pool_bounds(self, pool_size: int, max_overflow: int) -> None:
-        with pytest.raises(ValueError, match=r"pool_size must be >= 1|max_overflow must be >= 0"):
+        with pytest.raises(
+            ValueError, match=r"(pool_size|max_overflow): (Input should be|expected a whole number)"
+        ):
             DatabaseSession("sqlite+aiosqlite:///:memory:", pool_size, max_overflow)
 
     def test_bad_value_is_in_the_message(self) -> None:
@@ -52,7 +54,7 @@ class TestValidation:
             DatabaseSession("sqlite+aiosqlite:///:memory:", pool_size=-3)
 
     def test_unparsable(self) -> None:
-        with pytest.raises(ValueError, match="cannot parse database_url 'not a url'"):
+        with pytest.raises(ValueError, match=r"database\.url: not a URL"):
             DatabaseSession("not a url")
 
     def test_sync_driver_gets_the_async_one(self) -> None:
@@ -154,7 +156,7 @@ class TestSessions:
         assert "IntegrityError" in type(caught.value.__cause__).__name__
         async with db.session() as s:
             assert (await s.execute(text("SELECT count(*) FROM c"))).scalar() == 0
-        await db.close()
+        await db.aclose()
 
     async def test_expire_on_commit_is_off(self, memory_db: DatabaseSession) -> None:
         async with memory_db.session() as s:
@@ -189,16 +191,16 @@ class TestHealthAndLifecycle:
         with pytest.raises(
             DatabaseError, match=r"cannot reach the database at postgresql\+asyncpg://app:\*\*\*@"
         ) as exc:
-            await db.initialize()
+            await db.start()
         assert "s3cr3t" not in str(exc.value)
         assert exc.value.__cause__ is not None
-        await db.close()
+        await db.aclose()
 
     async def test_sqlite_file_directory_is_created(self, tmp_path: Path) -> None:
         db = DatabaseSession(f"sqlite+aiosqlite:///{tmp_path}/a/b/app.db")
-        await db.initialize()
+        await db.start()
         assert (tmp_path / "a" / "b" / "app.db").exists()
-        await db.close()
+        await db.aclose()
 
     async def test_echo_goes_through_the_pipeline(self) -> None:
         stream = io.StringIO()
@@ -208,7 +210,7 @@ class TestHealthAndLifecycle:
             async with db.session() as s:
                 await s.execute(text("SELECT 42"))
         finally:
-            await db.close()
+            await db.aclose()
             logging.getLogger("sqlalchemy.engine.Engine").setLevel(logging.NOTSET)
         events = [json.loads(line) for line in stream.getvalue().splitlines()]
         assert any(

@@ -369,7 +369,7 @@ class TestBadInput:
         write_profile("p", "tokens:\n  backend: redsi\n")
         with pytest.raises(ConfigError) as exc:
             load(profiles_dir, "p")
-        assert "p.yaml:2:3: tokens.backend: unknown backend (did you mean 'redis'?)" in str(
+        assert "p.yaml:2:3: tokens.backend: unknown backend 'redsi' (did you mean 'redis'?)" in str(
             exc.value
         )
         assert "expected one of: memory, redis" in str(exc.value)
@@ -470,8 +470,10 @@ class TestSecrets:
             database:
               url: postgresql+asyncpg://app:{self.SECRET}@db:5432/app
             tokens:
+              backend: redis
               url: redis://:{self.SECRET}@cache:6379/0
             telemetry:
+              exporter: otlp
               endpoint: https://user:{self.SECRET}@collector:4318
               headers: {{authorization: "Bearer {self.SECRET}"}}
             """,
@@ -502,10 +504,12 @@ class TestSecrets:
               url: 42
               pool_size: "postgresql://u:{self.SECRET}@h/db"
             telemetry:
+              exporter: otlp
               headers: {{x-api-key: [{self.SECRET}]}}
             """,
         )
         env = {
+            "INFRAKIT__TOKENS__BACKEND": "redis",
             "INFRAKIT__TOKENS__URL": f"redis//:{self.SECRET}@h",  # malformed URL
             "INFRAKIT__SERVICE__NAME": "",
             "INFRAKIT__DATABASE__PASSWORD": self.SECRET,  # unknown key, sensitive name

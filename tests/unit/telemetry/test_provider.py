@@ -50,17 +50,19 @@ class TestInitialize:
     def test_failed_initialize_leaves_nothing_and_can_retry(
         self, monkeypatch: pytest.MonkeyPatch
     ) -> None:
+        from infrakit.telemetry.exporters.memory import MemoryTelemetrySettings
+
         provider = memory()
-        real = TelemetryProvider._exporters
+        real = MemoryTelemetrySettings.exporters
         calls = {"n": 0}
 
-        def flaky(self: TelemetryProvider) -> Any:
+        def flaky(self: MemoryTelemetrySettings, context: Any) -> Any:
             calls["n"] += 1
             if calls["n"] == 1:
                 raise TelemetryError("exporter set-up failed")
-            return real(self)
+            return real(self, context)
 
-        monkeypatch.setattr(TelemetryProvider, "_exporters", flaky)
+        monkeypatch.setattr(MemoryTelemetrySettings, "exporters", flaky)
         with pytest.raises(TelemetryError):
             provider.initialize()
         assert not provider.initialized
@@ -178,7 +180,7 @@ class TestExportGuard:
     def test_backs_off_after_a_failure(self, caplog: pytest.LogCaptureFixture) -> None:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        from infrakit.telemetry.provider import _CollectorState, _ExportGuard
+        from infrakit.telemetry.exporters.otlp import _CollectorState, _ExportGuard
 
         calls: list[int] = []
 
@@ -204,7 +206,7 @@ class TestExportGuard:
     def test_success_resets(self) -> None:
         from opentelemetry.sdk.trace.export import SpanExportResult
 
-        from infrakit.telemetry.provider import _CollectorState, _ExportGuard
+        from infrakit.telemetry.exporters.otlp import _CollectorState, _ExportGuard
 
         class Flaky:
             ok = False

@@ -15,8 +15,11 @@ class TestConstruction:
         ("kwargs", "message"),
         [
             ({"url": "http://x"}, "unsupported Redis URL scheme 'http'"),
-            ({"url": "localhost:6379"}, "must be a redis://"),
-            ({"url": "redis://h", "key_prefix": ""}, "key_prefix cannot be empty"),
+            ({"url": "localhost:6379"}, "tokens.url: not a URL"),
+            (
+                {"url": "redis://h", "key_prefix": ""},
+                "tokens.key_prefix: String should have at least 1",
+            ),
             ({"url": "redis://h", "key_prefix": "a{b}:"}, "must not contain braces"),
             ({"url": "redis://h", "socket_timeout_s": 0}, "socket_timeout_s"),
             ({"url": "redis://h", "on_backend_error": "ignore"}, "on_backend_error"),

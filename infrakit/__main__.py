@@ -1,0 +1,7 @@
+"""``python -m infrakit``: the ``infrakit`` command."""
+
+import sys
+
+from infrakit.cli import main
+
+sys.exit(main())

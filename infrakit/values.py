@@ -1,0 +1,16 @@
+"""Small value checks shared by the components (one copy each)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+__all__ = ["as_utc"]
+
+
+def as_utc(name: str, value: object) -> datetime:
+    """``value`` as an aware UTC datetime; a naive one or a non-datetime is a ValueError."""
+    if not isinstance(value, datetime):
+        raise ValueError(f"{name} must be a datetime, got {type(value).__name__}")
+    if value.tzinfo is None or value.tzinfo.utcoffset(value) is None:
+        raise ValueError(f"{name} must be timezone-aware (UTC), got naive {value.isoformat()}")
+    return value.astimezone(UTC)
