@@ -38,7 +38,18 @@ ENV_PREFIX = "INFRAKIT__"
 PROFILE_ENV = "INFRAKIT_PROFILE"
 PROFILES_DIR_ENV = "INFRAKIT_PROFILES_DIR"
 DEFAULT_PROFILE = "local"
-EMBEDDED_PROFILES_DIR = Path(__file__).resolve().parent.parent / "profiles"
+
+
+def _embedded_profiles() -> Path:
+    """The profiles shipped with the kit: inside the installed wheel
+    (``infrakit/profiles``), or the repository's top-level ``profiles/`` when
+    running from a checkout (an editable install)."""
+    package = Path(__file__).resolve().parent.parent
+    inside = package / "profiles"
+    return inside if inside.is_dir() else package.parent / "profiles"
+
+
+EMBEDDED_PROFILES_DIR = _embedded_profiles()
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _INTERPOLATION = re.compile(r"\$\$\{|\$\{([^}]*)\}|\$\{")
@@ -76,11 +87,11 @@ def _looks_like_path(profile: str) -> bool:
     return "/" in profile or os.sep in profile or profile.endswith((".yaml", ".yml"))
 
 
-def _find_named(name: str, directories: list[Path]) -> Path | None:
+def _find_named(name: str, directories: list[Path], *, skip: Path | None = None) -> Path | None:
     for directory in directories:
         for suffix in (".yaml", ".yml"):
             candidate = directory / f"{name}{suffix}"
-            if candidate.is_file():
+            if candidate.is_file() and (skip is None or candidate.resolve() != skip.resolve()):
                 return candidate
     return None
 
@@ -357,7 +368,19 @@ def _resolve_extends(value: Any, where: str, base_of: Path, profiles_dir: Path) 
         raise ConfigError(
             ConfigProblem(f"extends: file {value!r} does not exist", key="extends", where=where)
         )
-    found = _find_named(value, [base_of.parent, profiles_dir, EMBEDDED_PROFILES_DIR])
+    # a profile that extends its own name (profiles/test.yaml: extends: test)
+    # means the next one of that name down the list: the embedded one
+    directories = [base_of.parent, profiles_dir, EMBEDDED_PROFILES_DIR]
+    found = _find_named(value, directories, skip=base_of)
+    if found is None and _find_named(value, directories) is not None:
+        raise ConfigError(
+            ConfigProblem(
+                f"extends forms a cycle: {_display(base_of)} extends itself",
+                key="extends",
+                where=where,
+                hint="name a profile of another name (or one the kit ships)",
+            )
+        )
     if found is None:
         known = available_profiles(profiles_dir)
         close = difflib.get_close_matches(value, known, n=1)

@@ -53,6 +53,8 @@ def _default(field: FieldInfo) -> str:
         return "(section)"
     if isinstance(value, SecretUrl):
         value = value.masked
+    if isinstance(value, SecretStr):
+        return "(secret)"
     return f"`{json.dumps(value)}`"
 
 

@@ -76,7 +76,13 @@ def pieces(secret: str) -> list[str]:
     that splits a password at '@' or ':' leaks a piece, not the whole."""
     found = {secret}
     for sep in "@:/%":
-        found.update(p for p in secret.split(sep) if len(p) >= 6)
+        # a piece made of lowercase letters only could be an ordinary word of the
+        # output ('protob' of 'http/protobuf'): only distinctive pieces count
+        found.update(
+            p
+            for p in secret.split(sep)
+            if len(p) >= 6 and any(c.isdigit() or c.isupper() or not c.isascii() for c in p)
+        )
     return sorted(found, key=len, reverse=True)
 
 

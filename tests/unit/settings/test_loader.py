@@ -181,6 +181,15 @@ class TestExtends:
         with pytest.raises(ConfigError, match="cycle"):
             load(profiles_dir, "me")
 
+    def test_a_profile_may_extend_the_embedded_one_of_its_name(
+        self, write_profile: WriteProfile, profiles_dir: Path
+    ) -> None:
+        write_profile("test", "extends: test\nservice: {name: my-tests}\n")
+        settings = load(profiles_dir, "test")
+        assert settings.service.name == "my-tests"
+        assert settings.telemetry.exporter == "memory"  # from the embedded test profile
+        assert settings.sources()["telemetry.exporter"].endswith("profiles/test.yaml:15:3")
+
     def test_unknown_parent(self, write_profile: WriteProfile, profiles_dir: Path) -> None:
         write_profile("kid", "service: {}\nextends: basee\n")
         with pytest.raises(ConfigError) as exc:
