@@ -1,5 +1,7 @@
 """The audit log: immutable UTC entries, append-only, optionally hash-chained."""
 
+from typing import TYPE_CHECKING
+
 from infrakit.audit.base import (
     AuditEntry,
     AuditFilter,
@@ -9,6 +11,9 @@ from infrakit.audit.base import (
     chain_hash,
 )
 from infrakit.audit.memory import InMemoryAuditLogger
+
+if TYPE_CHECKING:
+    from infrakit.audit.sql import SqlAuditLogger
 
 __all__ = [
     "AuditEntry",

@@ -7,7 +7,7 @@
 - a real OTLP receiver, :mod:`infrakit.testing.otlp`.
 """
 
-from infrakit.testing.capture import CapturedSpans, capture_logs
+from infrakit.testing.capture import CapturedSpans, capture_logs, span_attributes
 from infrakit.testing.plugin import override
 
-__all__ = ["CapturedSpans", "capture_logs", "override"]
+__all__ = ["CapturedSpans", "capture_logs", "override", "span_attributes"]

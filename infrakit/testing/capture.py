@@ -9,7 +9,12 @@ from typing import Any, overload
 from infrakit.logging.config import tap
 from infrakit.telemetry.provider import TelemetryProvider, get_telemetry
 
-__all__ = ["CapturedSpans", "capture_logs"]
+__all__ = ["CapturedSpans", "capture_logs", "span_attributes"]
+
+
+def span_attributes(span: Any) -> dict[str, Any]:
+    """A finished span's attributes as a plain dict (empty when it has none)."""
+    return dict(span.attributes or {})
 
 
 @contextmanager

@@ -1,7 +1,12 @@
 """Token stores: where JWT ids live between issue and expiry, and how they are revoked."""
 
+from typing import TYPE_CHECKING
+
 from infrakit.tokens.base import DEFAULT_MAX_LIFETIME_S, StoredToken, TokenStore
 from infrakit.tokens.memory import InMemoryTokenStore
+
+if TYPE_CHECKING:
+    from infrakit.tokens.redis_store import RedisTokenStore
 
 __all__ = [
     "DEFAULT_MAX_LIFETIME_S",

@@ -36,8 +36,9 @@ from infrakit.cli import main as cli
 from infrakit.database import DatabaseSession
 from infrakit.errors import ConfigError
 from infrakit.logging import configure_logging, reset_logging
-from infrakit.settings.models import ServiceSettings, TelemetrySettings
+from infrakit.settings.models import InstrumentSettings, ServiceSettings
 from infrakit.telemetry import TelemetryProvider, TracingMiddleware, set_telemetry, traced
+from infrakit.telemetry.exporters.otlp import OtlpTelemetrySettings
 from infrakit.testing.otlp import OtlpReceiver
 
 pytestmark = pytest.mark.integration
@@ -185,7 +186,9 @@ class TestLogs:
                     raise RuntimeError("no repr")
 
             structlog.get_logger().info("odd", data={b"k": 1, (1, 2): "tuple key"}, obj=Broken())
-            structlog.get_logger().info("circular", data=(loop := {}), x=loop.update(me=loop))
+            loop: dict[str, Any] = {}
+            loop["me"] = loop
+            structlog.get_logger().info("circular", data=loop)
         finally:
             reset_logging()
         lines = [json.loads(line) for line in out.getvalue().splitlines()]
@@ -259,10 +262,9 @@ class TestSpans:
 
         with OtlpReceiver(grpc=False) as receiver:
             provider = TelemetryProvider(
-                TelemetrySettings(
-                    exporter="otlp",
+                OtlpTelemetrySettings(
                     endpoint=receiver.http_endpoint,
-                    instrument={"sqlalchemy": True},  # type: ignore[arg-type]
+                    instrument=InstrumentSettings(sqlalchemy=True),
                 ),
                 ServiceSettings(name="canary"),
             )

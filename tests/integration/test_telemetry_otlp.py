@@ -18,6 +18,8 @@ from infrakit import Infra, load_settings
 from infrakit.logging import get_request_id
 from infrakit.settings.models import ServiceSettings, TelemetrySettings
 from infrakit.telemetry import TelemetryProvider, TracingMiddleware, set_telemetry, traced
+from infrakit.telemetry.exporters.otlp import OtlpTelemetrySettings
+from infrakit.testing import span_attributes
 from infrakit.testing.otlp import OtlpReceiver
 
 pytestmark = pytest.mark.integration
@@ -93,8 +95,7 @@ class TestExportToReceiver:
 
     async def test_headers_and_gzip_reach_the_collector(self, receiver: OtlpReceiver) -> None:
         provider = TelemetryProvider(
-            TelemetrySettings(
-                exporter="otlp",
+            OtlpTelemetrySettings(
                 endpoint=receiver.http_endpoint,
                 compression="gzip",
                 headers={"x-api-key": "k"},
@@ -112,7 +113,7 @@ class TestExportToReceiver:
 
 def _provider(endpoint: str, **kwargs: Any) -> TelemetryProvider:
     provider = TelemetryProvider(
-        TelemetrySettings(exporter="otlp", endpoint=endpoint, max_queue_size=256, **kwargs),
+        OtlpTelemetrySettings(endpoint=endpoint, max_queue_size=256, **kwargs),
         ServiceSettings(name="rel"),
     )
     provider.initialize()
@@ -200,7 +201,7 @@ class TestConcurrency:
             provider.shutdown()
         assert len(spans) == 1000
         assert all(s.end_time is not None for s in spans)
-        by_request = {s.attributes["http.request.header.x_request_id"]: s for s in spans}
+        by_request = {span_attributes(s)["http.request.header.x_request_id"]: s for s in spans}
         assert len(by_request) == 1000
         for response in responses:
             rid = response.headers["x-request-id"]

@@ -52,7 +52,7 @@ class TestAuditEntry:
             make(**{field: value})
 
     def test_details_are_frozen_and_detached(self) -> None:
-        source = {"list": [1, 2], "inner": {"k": "v"}}
+        source: dict[str, Any] = {"list": [1, 2], "inner": {"k": "v"}}
         entry = make(details=source)
         source["list"].append(3)
         source["inner"]["k"] = "changed"

@@ -50,4 +50,6 @@ class TestProfilesBuildComponents:
     async def test_sql_audit_shares_the_database(self) -> None:
         settings = load_settings("test", environ={}, overrides={"audit.backend": "sql"})
         async with Infra(settings) as infra:
-            assert infra.audit._db is infra.database
+            audit = infra.audit
+            assert isinstance(audit, SqlAuditLogger)
+            assert audit._db is infra.database

@@ -164,7 +164,7 @@ class TestNoDoubleSpans:
         theirs = TelemetryProvider(TelemetrySettings(exporter="memory"))
         theirs.initialize()
         try:
-            application = FastAPI(telemetry={"tracer_provider": theirs.tracer_provider})  # type: ignore[call-arg]
+            application = FastAPI(telemetry={"tracer_provider": theirs.tracer_provider})
         except TypeError:
             pytest.skip("this FastAPI has no native telemetry to switch off")
         install(application, "test", environ={})

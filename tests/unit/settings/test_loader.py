@@ -6,8 +6,30 @@ from pathlib import Path
 import pytest
 
 from infrakit import ConfigError, InfraSettings, load_settings
+from infrakit.database.session import SqlAlchemyDatabaseSettings
 from infrakit.settings import EMBEDDED_PROFILES_DIR, available_profiles, resolve_profile
+from infrakit.telemetry.exporters.otlp import OtlpTelemetrySettings
+from infrakit.tokens.redis_store import RedisTokenSettings
 from tests.conftest import WriteProfile
+
+
+def sql(settings: InfraSettings) -> SqlAlchemyDatabaseSettings:
+    """The database section, typed by its backend's model."""
+    section = settings.database
+    assert isinstance(section, SqlAlchemyDatabaseSettings)
+    return section
+
+
+def redis(settings: InfraSettings) -> RedisTokenSettings:
+    section = settings.tokens
+    assert isinstance(section, RedisTokenSettings)
+    return section
+
+
+def otlp(settings: InfraSettings) -> OtlpTelemetrySettings:
+    section = settings.telemetry
+    assert isinstance(section, OtlpTelemetrySettings)
+    return section
 
 
 def load(profiles_dir: Path, name: str, **kwargs: object) -> InfraSettings:
@@ -27,14 +49,12 @@ class TestEmbeddedProfiles:
         assert settings.profile == "local"
         assert settings.tokens.backend == "memory"
         assert settings.audit.backend == "sql"
-        assert settings.database.url.get_secret_value().startswith(
-            "sqlite+aiosqlite:///./.infrakit/"
-        )
+        assert sql(settings).url.get_secret_value().startswith("sqlite+aiosqlite:///./.infrakit/")
         assert settings.logging.format == "console"
 
     def test_test_profile_is_all_in_memory(self, tmp_path: Path) -> None:
         settings = load_settings("test", environ={}, profiles_dir=tmp_path)
-        assert settings.database.url.get_secret_value() == "sqlite+aiosqlite:///:memory:"
+        assert sql(settings).url.get_secret_value() == "sqlite+aiosqlite:///:memory:"
         assert (settings.tokens.backend, settings.audit.backend) == ("memory", "memory")
         assert settings.telemetry.exporter == "memory"
 
@@ -45,17 +65,18 @@ class TestEmbeddedProfiles:
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
         }
         settings = load_settings("production", environ=env, profiles_dir=tmp_path)
-        assert settings.database.url.get_secret_value() == env["DATABASE_URL"]
-        assert settings.tokens.url.get_secret_value() == env["REDIS_URL"]
-        assert settings.telemetry.endpoint is not None
-        assert settings.telemetry.endpoint.get_secret_value() == "http://collector:4318"
+        assert sql(settings).url.get_secret_value() == env["DATABASE_URL"]
+        assert redis(settings).url.get_secret_value() == env["REDIS_URL"]
+        endpoint = otlp(settings).endpoint
+        assert endpoint is not None
+        assert endpoint.get_secret_value() == "http://collector:4318"
         assert (settings.tokens.backend, settings.audit.backend) == ("redis", "sql")
         assert settings.logging.format == "json"
 
     def test_production_has_loopback_defaults(self, tmp_path: Path) -> None:
         settings = load_settings("production", environ={}, profiles_dir=tmp_path)
-        assert "127.0.0.1" in settings.database.url.get_secret_value()
-        assert settings.tokens.url.get_secret_value() == "redis://127.0.0.1:6379/0"
+        assert "127.0.0.1" in sql(settings).url.get_secret_value()
+        assert redis(settings).url.get_secret_value() == "redis://127.0.0.1:6379/0"
 
     def test_profile_from_env_var(self, tmp_path: Path) -> None:
         settings = load_settings(environ={"INFRAKIT_PROFILE": "test"}, profiles_dir=tmp_path)
@@ -144,7 +165,7 @@ class TestExtends:
         settings = load(profiles_dir, "child")
         assert settings.service.name == "base"
         assert settings.service.version == "2.0"
-        assert (settings.database.pool_size, settings.database.max_overflow) == (9, 3)
+        assert (sql(settings).pool_size, sql(settings).max_overflow) == (9, 3)
         assert settings.telemetry.excluded_paths == ["/c"]  # lists are replaced, not merged
         sources = settings.sources()
         assert "base.yaml:1:" in sources["service.name"]
@@ -228,8 +249,8 @@ class TestInterpolation:
     ) -> None:
         write_profile("p", "database:\n  pool_size: ${POOL:-4}\n  echo: ${ECHO:-false}\n")
         settings = load(profiles_dir, "p", environ={"POOL": "12"})
-        assert settings.database.pool_size == 12
-        assert settings.database.echo is False
+        assert sql(settings).pool_size == 12
+        assert sql(settings).echo is False
 
     def test_escape(self, write_profile: WriteProfile, profiles_dir: Path) -> None:
         write_profile("p", "service:\n  name: cost-$${HOME}-x\n")
@@ -279,7 +300,7 @@ class TestPrecedence:
             environ=env,
             overrides={"database.connect_timeout_s": 9.5, "database": {"pool_recycle_s": 5}},
         )
-        db = settings.database
+        db = sql(settings)
         assert (db.pool_size, db.max_overflow, db.pool_recycle_s) == (2, 3, 5)
         assert db.echo is True
         assert db.connect_timeout_s == 9.5
@@ -446,7 +467,7 @@ class TestBadInput:
         with pytest.raises(ConfigError, match="_pool: unknown key"):
             load(profiles_dir, "p")
         write_profile("q", "database:\n  <<: {pool_size: 3}\n  max_overflow: 4\n")
-        assert load(profiles_dir, "q").database.pool_size == 3
+        assert sql(load(profiles_dir, "q")).pool_size == 3
 
     def test_config_error_is_a_value_error_and_pickles(
         self, write_profile: WriteProfile, profiles_dir: Path
@@ -498,12 +519,12 @@ class TestSecrets:
             str(settings.masked()),
             str(settings.sources()),
             repr(settings.database),
-            str(settings.database.url),
+            str(sql(settings).url),
         ):
             assert self.SECRET not in text
         assert settings.masked()["database"]["url"] == "postgresql+asyncpg://app:***@db:5432/app"
-        assert settings.database.url.get_secret_value().count(self.SECRET) == 1
-        assert settings.telemetry.headers["authorization"].get_secret_value().endswith(self.SECRET)
+        assert sql(settings).url.get_secret_value().count(self.SECRET) == 1
+        assert otlp(settings).headers["authorization"].get_secret_value().endswith(self.SECRET)
 
     def test_error_messages_mask(self, write_profile: WriteProfile, profiles_dir: Path) -> None:
         write_profile(
