@@ -39,10 +39,19 @@ _log = logging.getLogger("infrakit.telemetry")
 _TRUE = {"1", "true", "yes", "on"}
 
 
-#: profile switch -> (module, class) of the contrib instrumentation it turns on
+#: profile switch -> (module, class) of the contrib instrumentation it turns on,
+#: and the library modules imported before it patches them: a module first
+#: imported afterwards binds the patched functions (``sqlalchemy.ext.asyncio``
+#: takes ``create_engine`` by name, so an async engine was instrumented twice
+#: and switching the instrumentation off again failed)
 _INSTRUMENTATIONS = (
-    ("sqlalchemy", "opentelemetry.instrumentation.sqlalchemy", "SQLAlchemyInstrumentor"),
-    ("redis", "opentelemetry.instrumentation.redis", "RedisInstrumentor"),
+    (
+        "sqlalchemy",
+        "opentelemetry.instrumentation.sqlalchemy",
+        "SQLAlchemyInstrumentor",
+        ("sqlalchemy.ext.asyncio",),
+    ),
+    ("redis", "opentelemetry.instrumentation.redis", "RedisInstrumentor", ()),
 )
 
 
@@ -138,10 +147,12 @@ class TelemetryProvider(Component):
         """The optional contrib instrumentations the profile switches on."""
         import importlib
 
-        for switch, module, class_name in _INSTRUMENTATIONS:
+        for switch, module, class_name, patched in _INSTRUMENTATIONS:
             if not getattr(self.settings.instrument, switch):
                 continue
             try:
+                for library in patched:
+                    importlib.import_module(library)
                 instrumentor = getattr(importlib.import_module(module), class_name)()
             except ImportError as error:
                 raise MissingDependencyError(

@@ -54,9 +54,12 @@ class OtlpTelemetrySettings(TelemetrySettings):
         from opentelemetry.sdk.metrics.export import PeriodicExportingMetricReader
         from opentelemetry.sdk.trace.export import BatchSpanProcessor
 
-        span_exporter, metric_exporter = _otlp(self)
+        span_exporter, metric_exporter, state = _otlp(self)
+        # The guard sits outside the scrubber: a batch dropped while the
+        # collector is down is dropped before any scrubbing work is done.
+        guarded: Any = _ExportGuard(context.scrubbed(span_exporter), "spans", state)
         processor = BatchSpanProcessor(
-            context.scrubbed(span_exporter),
+            guarded,
             max_queue_size=self.max_queue_size,
             # Smaller than the SDK's 512, so serialising one batch (in the
             # export thread, holding the GIL) never stalls a request for
@@ -64,10 +67,12 @@ class OtlpTelemetrySettings(TelemetrySettings):
             max_export_batch_size=min(128, self.max_queue_size),
             export_timeout_millis=int(self.timeout_s * 1000),
         )
+        metrics: Any = _ExportGuard(metric_exporter, "metrics", state)
         reader = PeriodicExportingMetricReader(
-            metric_exporter, export_timeout_millis=int(self.timeout_s * 1000)
+            metrics,
+            export_timeout_millis=int(self.timeout_s * 1000),
         )
-        return Exporters(span_exporter, processor, reader)
+        return Exporters(guarded, processor, reader)
 
     def endpoint_for(self, environ: Mapping[str, str]) -> str:
         if self.endpoint is not None:
@@ -191,7 +196,7 @@ _EXPORTER_LOGGERS = (
 )
 
 
-def _otlp(settings: OtlpTelemetrySettings) -> tuple[Any, Any]:
+def _otlp(settings: OtlpTelemetrySettings) -> tuple[Any, Any, _CollectorState]:
     endpoint = settings.endpoint.get_secret_value().rstrip("/") if settings.endpoint else None
     headers = {k: v.get_secret_value() for k, v in settings.headers.items()} or None
     shown = mask_url(endpoint) if endpoint else "the OTEL_EXPORTER_OTLP_* default"
@@ -239,8 +244,7 @@ def _otlp(settings: OtlpTelemetrySettings) -> tuple[Any, Any]:
         metric = HttpMetricExporter(
             endpoint=f"{endpoint}/v1/metrics" if endpoint else None, **http_options
         )
-    state = _CollectorState(shown)
-    return _ExportGuard(span, "spans", state), _ExportGuard(metric, "metrics", state)
+    return span, metric, _CollectorState(shown)
 
 
 BACKEND = exporter_backend(

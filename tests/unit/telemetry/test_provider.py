@@ -223,3 +223,40 @@ class TestExportGuard:
         assert guard.export([1]) is SpanExportResult.SUCCESS
         assert not state.skipping()
         assert state._backoff == _CollectorState.BACKOFF_S
+
+    def test_a_dropped_batch_is_never_scrubbed(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        """While the collector is down, batches are dropped before the span
+        scrubber runs: a dead collector costs no scrubbing either."""
+        import socket
+
+        from opentelemetry.sdk.trace import ReadableSpan
+        from opentelemetry.sdk.trace.export import SpanExportResult
+
+        from infrakit.scrub import Scrubber
+        from infrakit.telemetry.exporters import ExportContext
+        from infrakit.telemetry.exporters.otlp import OtlpTelemetrySettings
+        from infrakit.telemetry.scrubbing import ScrubbingSpanExporter
+
+        with socket.socket() as unused:  # a port nothing listens on: refused at once
+            unused.bind(("127.0.0.1", 0))
+            port = unused.getsockname()[1]
+        settings = OtlpTelemetrySettings.model_validate(
+            {"exporter": "otlp", "endpoint": f"http://127.0.0.1:{port}", "timeout_s": 5}
+        )
+        scrubbed: list[int] = []
+        real_scrub = ScrubbingSpanExporter.scrub
+
+        def counting(self: ScrubbingSpanExporter, span: Any) -> Any:
+            scrubbed.append(1)
+            return real_scrub(self, span)
+
+        monkeypatch.setattr(ScrubbingSpanExporter, "scrub", counting)
+        built = settings.exporters(ExportContext("svc", Scrubber(), {}))
+        try:
+            span = ReadableSpan(name="one")
+            for _ in range(5):
+                assert built.span_exporter.export([span]) is SpanExportResult.FAILURE
+            assert scrubbed == [1]  # the first batch was tried; the next four dropped
+        finally:
+            built.span_processor.shutdown()
+            built.metric_reader.shutdown()
