@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import typing
 from datetime import UTC, datetime
+from typing import Literal
 
-__all__ = ["as_utc"]
+__all__ = ["LOG_LEVELS", "LogLevel", "as_utc"]
+
+#: The log levels a profile and ``configure_logging`` accept.
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+LOG_LEVELS: tuple[str, ...] = typing.get_args(LogLevel)
 
 
 def as_utc(name: str, value: object) -> datetime:

@@ -17,10 +17,10 @@ from structlog.typing import EventDict, Processor
 
 from infrakit.logging.context import add_request_id, add_trace_context
 from infrakit.logging.redaction import REDACTED, PIIRedactor
+from infrakit.values import LOG_LEVELS
 
 __all__ = ["LOG_LEVELS", "build_processors", "configure_logging", "reset_logging"]
 
-LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("json", "console")
 
 #: stdlib loggers that install handlers of their own; we send them through ours.

@@ -26,6 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from infrakit import registry
 from infrakit.settings.base import BackendSettings, Section
+from infrakit.values import LOG_LEVELS, LogLevel
 
 __all__ = [
     "LOG_LEVELS",
@@ -42,9 +43,6 @@ __all__ = [
     "TokensSettings",
     "settings_model",
 ]
-
-LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
-LOG_LEVELS: tuple[str, ...] = typing.get_args(LogLevel)
 
 
 class ServiceSettings(Section):
