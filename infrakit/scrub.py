@@ -7,9 +7,11 @@ through the functions here, so a rule added here holds everywhere:
 - :func:`is_sensitive_key` — a key names a secret or personal datum when, with
   case and separators folded away, it *ends with* a pattern of
   :data:`DEFAULT_PATTERNS` or its plural (``PGPASSWORD``, ``userPassword``,
-  ``aws_secret_access_key``, ``X-Api-Key``, ``refresh_tokens``), unless the
-  whole key is one of :data:`NOT_SECRETS` (``is_mobile``, ``requires_auth``,
-  ``send_email``, ...), names a suffix rule would wrongly catch.
+  ``aws_secret_access_key``, ``X-Api-Key``, ``refresh_tokens``; no plural for
+  :data:`SINGULAR_ONLY`: ``tokens``, ``sessions``, ``cookies``), unless it is,
+  or ends at a word boundary with, one of :data:`NOT_SECRETS` (``is_mobile``,
+  ``requires_auth``, ``headphone``, ...), names a suffix rule would wrongly
+  catch.
 - :func:`mask_url` — one URL's password (user-info, split at the *last* ``@``
   before the query, so an unencoded ``@`` in a password is masked whole) and
   the values of its sensitive query and fragment parameters
@@ -47,6 +49,7 @@ __all__ = [
     "NOT_SECRETS",
     "REDACTED",
     "SENSITIVE_PARAMS",
+    "SINGULAR_ONLY",
     "KeyMatcher",
     "ParsedUrl",
     "Scrubber",
@@ -84,13 +87,15 @@ DEFAULT_PATTERNS: frozenset[str] = frozenset(
         "encryption_key", "master_key", "db_password", "pwd", "passphrase", "jwt",
         "bearer", "dsn", "signature", "otp", "pin_code", "sas_token", "x_amz_security_token",
         # personal data
-        "email", "email_address", "phone", "phone_number", "mobile", "ssn",
+        "email", "email_address", "phone", "phone_number", "mobile", "mobile_number", "ssn",
         "social_security_number", "credit_card", "card_number", "cc_number", "cvv",
         "cvc", "iban", "national_id", "passport_number", "date_of_birth", "dob",
     }
 )  # fmt: skip
 
-#: Whole keys that end like a pattern but name no secret: left alone.
+#: Keys that end like a pattern but name no secret: left alone. Each also
+#: exempts a key that ends with it (or its plural) at a word boundary
+#: (``user_has_password``, ``studio.headphones``), never inside a word.
 NOT_SECRETS: frozenset[str] = frozenset(
     {
         "is_mobile", "requires_auth", "needs_auth", "use_auth", "has_auth", "no_auth",
@@ -98,8 +103,18 @@ NOT_SECRETS: frozenset[str] = frozenset(
         "password_changed_at", "token_count", "token_type", "tokens_used", "max_tokens",
         "auth_method", "auth_type", "auth_scheme", "author", "authors", "oauth",
         "session_count", "session_id_length", "phone_verified", "pwd_dir", "oldpwd",
+        # words that merely end in "phone", "mobile" or "session"
+        "headphone", "earphone", "microphone", "megaphone", "saxophone", "xylophone",
+        "gramophone", "iphone", "automobile", "snowmobile", "immobile", "possession",
+        "obsession",
     }
 )  # fmt: skip
+
+#: Patterns matched in the singular only: their plurals name counts and
+#: collections far more often than secrets (``tokens`` of a language model,
+#: ``active_sessions``, a ``cookies`` mapping whose secret entries are caught by
+#: their own names). Compound patterns keep their plurals (``refresh_tokens``).
+SINGULAR_ONLY: frozenset[str] = frozenset({"token", "session", "cookie"})
 
 #: Query and fragment parameters whose values are masked in URLs and free text,
 #: besides any parameter whose name is a sensitive key: the OpenTelemetry HTTP
@@ -120,6 +135,25 @@ def _fold(key: str) -> str:
     return "".join(ch for ch in key.lower() if ch.isalnum())
 
 
+def _suffix_start(name: str, length: int) -> int:
+    """Index in ``name`` where its last ``length`` alphanumerics start."""
+    seen = 0
+    for index in range(len(name) - 1, -1, -1):
+        if name[index].isalnum():
+            seen += 1
+            if seen == length:
+                return index
+    return 0
+
+
+def _at_word_start(name: str, index: int) -> bool:
+    """``name[index]`` starts a word: first, after a separator, or camelCase."""
+    if index == 0:
+        return True
+    before, char = name[index - 1], name[index]
+    return not before.isalnum() or (before.islower() and char.isupper())
+
+
 class KeyMatcher:
     """Decides whether a key names a secret, remembering its answers.
 
@@ -135,9 +169,11 @@ class KeyMatcher:
         self, patterns: Iterable[str] = DEFAULT_PATTERNS, not_secrets: Iterable[str] = NOT_SECRETS
     ) -> None:
         folded = {f for f in map(_fold, patterns) if f}
-        self._patterns = frozenset(folded | {f + "s" for f in folded})
+        plurals = {f + "s" for f in folded if f not in SINGULAR_ONLY}
+        self._patterns = frozenset(folded | plurals)
         self._lengths = tuple(sorted({len(p) for p in self._patterns}, reverse=True))
-        self._exempt = frozenset(map(_fold, not_secrets))
+        exempt = {f for f in map(_fold, not_secrets) if f}
+        self._exempt = frozenset(exempt | {f + "s" for f in exempt})
         #: the last one to three characters of every pattern: a name whose end
         #: is not among them cannot match (a cheap first test for free text)
         self.tails = frozenset(p[-n:] for p in self._patterns for n in (1, 2, 3))
@@ -162,13 +198,21 @@ class KeyMatcher:
         else:
             return False
         folded = _fold(name)
-        hit = folded not in self._exempt and any(
+        hit = any(
             folded[-n:] in self._patterns for n in self._lengths if n <= len(folded)
-        )
+        ) and not self._exempted(name, folded)
         if len(self.cache) >= self._CACHE_LIMIT:
             self.cache.clear()
         self.cache[key] = hit
         return hit
+
+    def _exempted(self, name: str, folded: str) -> bool:
+        if folded in self._exempt:
+            return True
+        return any(
+            folded.endswith(word) and _at_word_start(name, _suffix_start(name, len(word)))
+            for word in self._exempt
+        )
 
 
 _default_keys = KeyMatcher()

@@ -13,6 +13,8 @@ from typing import Any
 import pytest
 import structlog
 
+from infrakit import load_settings
+from infrakit.errors import ConfigError
 from infrakit.logging import configure_logging, reset_logging
 from infrakit.scrub import NOT_SECRETS, is_sensitive_key, mask_url, scrub_text
 from infrakit.settings.models import RedactSettings, ServiceSettings, TelemetrySettings
@@ -60,9 +62,8 @@ class TestSentryScrubberCases:
         structlog.get_logger().info("request", request=request)
         assert read()[0]["request"] == {
             "headers": {"COOKIE": R, "authorization": R, "ORIGIN": "google.com", "ip_address": R},
-            # stricter than Sentry: "cookies" is the plural of a pattern, so the
-            # whole mapping goes (Sentry keeps "foo" and filters "sessionid")
-            "cookies": R,
+            # as Sentry: "cookies" names no secret, its secret entries go
+            "cookies": {"sessionid": R, "foo": "bar"},
             "data": {"token": R, "foo": "bar"},
         }
 
@@ -264,9 +265,11 @@ class TestKeyMatrix:
     @pytest.mark.parametrize(
         "key",
         [
-            "PGPASSWORD", "userpassword", "authtoken", "passwords", "secrets", "tokens",
+            "PGPASSWORD", "userpassword", "authtoken", "passwords", "secrets",
             "aws_secret_access_key", "signing_key", "encryption_key", "credential",
-            "credentials", "refresh_tokens", "clientSecret", "X-Amz-Security-Token",
+            "credentials", "refresh_tokens", "access_tokens", "clientSecret",
+            "X-Amz-Security-Token", "X-Api-Key", "apiKey", "api_keys", "user_sessions",
+            "set_cookies", "telephone", "mobile_number",
         ],
     )  # fmt: skip
     def test_compound_and_plural_forms(self, key: str) -> None:
@@ -277,7 +280,13 @@ class TestKeyMatrix:
 class TestNotSecrets:
     """What a naive suffix rule would catch, and must not."""
 
-    VISIBLE = sorted(NOT_SECRETS | {"tokenizer", "token_count", "session_count", "keyboard"})
+    VISIBLE = sorted(
+        NOT_SECRETS
+        | {"tokenizer", "token_count", "session_count", "keyboard"}
+        # plurals that count or collect, and words that merely end like a pattern
+        | {"tokens", "input_tokens", "gen_ai.usage.input_tokens", "active_sessions"}
+        | {"cookies", "headphone", "studio.headphones", "automobile", "user_has_password"}
+    )
 
     @pytest.mark.parametrize("key", VISIBLE)
     def test_stays_visible(self, key: str, lines: Any) -> None:
@@ -285,6 +294,22 @@ class TestNotSecrets:
         structlog.get_logger().info("e", **{key: "plainvalue"})
         assert not is_sensitive_key(key)
         assert read()[0][key] == "plainvalue"
+
+    @pytest.mark.parametrize("key", ["nano_auth", "houseAuth", "xphone", "megaSession"])
+    def test_exemptions_hold_at_word_boundaries_only(self, key: str) -> None:
+        # "no_auth", "use_auth", "iphone", "obsession" end these, but not as words
+        assert is_sensitive_key(key)
+
+    def test_logger_names_and_config_errors_are_shown(self, lines: Any) -> None:
+        read = lines()
+        logging.getLogger("infrakit.tokens").warning("pool recycled")
+        structlog.get_logger().info("usage", input_tokens=812, tokens=900)
+        stdlib, usage = read()
+        assert stdlib["logger"] == "infrakit.tokens"
+        assert (usage["input_tokens"], usage["tokens"]) == (812, 900)
+        with pytest.raises(ConfigError) as caught:
+            load_settings("test", overrides={"tokens.socket_timeout_s": "soon"})
+        assert "(got 'soon')" in str(caught.value)
 
 
 class TestTextRules:
