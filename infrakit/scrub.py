@@ -13,7 +13,8 @@ through the functions here, so a rule added here holds everywhere:
   ``requires_auth``, ``headphone``, ...), names a suffix rule would wrongly
   catch.
 - :func:`mask_url` — one URL's password (user-info, split at the *last* ``@``
-  before the query, so an unencoded ``@`` in a password is masked whole) and
+  before the query that is followed by a host, so an unencoded ``@`` in a
+  password is masked whole) and
   the values of its sensitive query and fragment parameters
   (:data:`SENSITIVE_PARAMS`, plus any sensitive key).
 - :func:`scrub_text` — free text: URLs inside it (as above), ``Bearer``/
@@ -228,20 +229,33 @@ def is_sensitive_key(key: object, extra_patterns: Iterable[str] = ()) -> bool:
 # --- URLs --------------------------------------------------------------------------
 
 _SCHEME = re.compile(r"[A-Za-z][\w+.\-]*://")
-_PARAMETER = re.compile(r"[\w.\-%~+\[\]]+=")
+# a '?' or '#' that starts real parameters ("?name=")
+_QUERY_START = re.compile(r"[?#](?=[\w.\-%~+\[\]]+=)")
+_HOST = r"(?:\[[0-9A-Fa-f:.]+(?:%[\w.~\-]+)?\]|[\w.~%!$'*+\-]*)(?::\d*)?"
+# host[:port][,host[:port]]... (IPv6 in brackets), ending the authority
+_AUTHORITY = re.compile(rf"{_HOST}(?:,{_HOST})*(?=[/?#]|\Z)")
+
+
+def _user_ok(userinfo: str) -> bool:
+    """A user name (before the first ``:``) never holds ``/``, ``?`` or ``#``."""
+    username = userinfo.partition(":")[0]
+    return not any(c in username for c in "/?#")
 
 
 def _split(url: str) -> tuple[str, str | None, str] | None:
     """``(scheme://, user-info or None, rest)`` of ``url``; ``None`` if not a URL.
 
-    The user-info ends at the last ``@`` before the query, which starts at the
-    first ``?`` or ``#`` that has an ``@`` before it and a ``name=`` after it (any
-    other ``?`` may be part of the password). So a password holding ``/``,
-    ``:``, ``?`` or even an unencoded ``@`` is taken whole, and an ``@`` in a
-    query value does not move it. A user name never holds ``/``, ``?`` or ``#`` (``https://h/users/@me``
-    has no user-info), and a URL whose authority is empty (``sqlite:///path``)
-    has none either. (A password holding both ``@`` and ``?`` or ``#`` is beyond
-    any parser: percent-encode it.)
+    The user-info ends at an ``@`` followed by an authority
+    (``host[:port][,host[:port]]...``, numeric ports, IPv6 in brackets): the
+    last ``@`` before the earliest query start (a ``?`` or ``#`` followed by
+    ``name=``) that makes such a parse. So a password holding ``/``, ``:``,
+    ``?`` or even an unencoded ``@`` is taken whole, while an ``@`` in a path
+    or query value (``https://h/users/@me``, ``redis://h:6379/0?name=svc@x``)
+    is no user-info. A URL whose authority is empty (``sqlite:///path``) has
+    none either. Where nothing parses (``http://:pw@h:x/0``), the user-info
+    runs to the last ``@`` before the query: more is masked, not less. (A
+    password holding ``?name=`` or ``#name=`` is beyond any parser:
+    percent-encode it.)
     """
     scheme = _SCHEME.match(url)
     if scheme is None:
@@ -249,22 +263,18 @@ def _split(url: str) -> tuple[str, str | None, str] | None:
     head, after = scheme.group(0), url[scheme.end() :]
     if not after or after[0] in "/?#" or "@" not in after:
         return head, None, after
-    end = len(after)
-    seen_at = False
-    for index, char in enumerate(after):
-        if char == "@":
-            seen_at = True
-        elif char in "?#" and seen_at and _PARAMETER.match(after, index + 1):
-            end = index
-            break
-    at = after.rfind("@", 0, end)
-    if at == -1:
+    ends = [m.start() for m in _QUERY_START.finditer(after)]
+    ends.append(len(after))
+    for end in ends:
+        at = after.rfind("@", 0, end)
+        if at != -1 and _user_ok(after[:at]) and _AUTHORITY.match(after, at + 1):
+            return head, after[:at], after[at + 1 :]
+        if _AUTHORITY.match(after):  # any '@' is in the path or the query
+            return head, None, after
+    at = after.rfind("@", 0, ends[0])
+    if at == -1 or not _user_ok(after[:at]):
         return head, None, after
-    userinfo = after[:at]
-    username = userinfo.partition(":")[0]
-    if any(c in username for c in "/?#"):
-        return head, None, after
-    return head, userinfo, after[at + 1 :]
+    return head, after[:at], after[at + 1 :]
 
 
 _PARAM = re.compile(r"(?P<lead>[?&;#])(?P<name>[^=&;#?\s]+)=(?P<value>[^&;#]*)")

@@ -16,7 +16,7 @@ import structlog
 from infrakit import load_settings
 from infrakit.errors import ConfigError
 from infrakit.logging import configure_logging, reset_logging
-from infrakit.scrub import NOT_SECRETS, is_sensitive_key, mask_url, scrub_text
+from infrakit.scrub import NOT_SECRETS, is_sensitive_key, mask_url, parse_url, scrub_text
 from infrakit.settings.models import RedactSettings, ServiceSettings, TelemetrySettings
 from infrakit.telemetry import TelemetryProvider
 from infrakit.testing import span_attributes
@@ -353,7 +353,45 @@ class TestTextRules:
             ("redis://h/0?x=a@b", "redis://h/0?x=a@b"),
             ("sqlite+aiosqlite:////home/me@corp/app.db", "sqlite+aiosqlite:////home/me@corp/app.db"),
             ("rediss://:p/w@h:6380/0?ssl_ca_certs=/ca.pem", "rediss://:***@h:6380/0?ssl_ca_certs=/ca.pem"),
+            # an '@' in a query value is no user-info, even with a port before it
+            ("redis://cache:6379/0?client_name=svc@host", "redis://cache:6379/0?client_name=svc@host"),
+            ("https://host/users/@me", "https://host/users/@me"),
+            # a '?' in the password, with or without a query after it
+            ("postgresql+asyncpg://app:@000000?@db:5432/app", "postgresql+asyncpg://app:***@db:5432/app"),
+            ("postgresql://u:pa?@db/x?sslmode=require", "postgresql://u:***@db/x?sslmode=require"),
+            ("postgresql://u:pw@h1:5432,h2:5433/db?target_session_attrs=any",
+             "postgresql://u:***@h1:5432,h2:5433/db?target_session_attrs=any"),
+            ("redis://:pw@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
+            ("http://:pw@h:x/0", "http://:***@h:x/0"),  # no authority parses: mask anyway
         ],
     )  # fmt: skip
     def test_mask_url(self, url: str, masked: str) -> None:
         assert mask_url(url) == masked
+
+    @pytest.mark.parametrize(
+        ("url", "username", "password", "netloc", "path", "query"),
+        [
+            ("redis://cache:6379/0?client_name=svc@host", None, None, "cache:6379", "/0",
+             "client_name=svc@host"),
+            ("postgresql+asyncpg://app:@000000?@db:5432/app", "app", "@000000?", "db:5432",
+             "/app", ""),
+            ("postgresql+asyncpg://u:K@2@127.0.0.1:9/db?password=K@2", "u", "K@2",
+             "127.0.0.1:9", "/db", "password=K@2"),
+            ("postgresql://u:pa?@db/x?sslmode=require", "u", "pa?", "db", "/x",
+             "sslmode=require"),
+            ("postgresql://u:p%40w@h1:5432,h2:5433,[::1]:5434/db", "u", "p@w",
+             "h1:5432,h2:5433,[::1]:5434", "/db", ""),
+            ("redis+sentinel://:pw@s1:26379,s2:26379/mymaster/0", None, "pw",
+             "s1:26379,s2:26379", "/mymaster/0", ""),
+            ("redis://h/0?x=a@b", None, None, "h", "/0", "x=a@b"),
+            ("sqlite+aiosqlite:////home/me@corp/app.db", None, None, "", "//home/me@corp/app.db", ""),
+            ("https://host/users/@me", None, None, "host", "/users/@me", ""),
+        ],
+    )  # fmt: skip
+    def test_parse_url(
+        self, url: str, username: str | None, password: str | None, netloc: str, path: str,
+        query: str,
+    ) -> None:
+        parsed = parse_url(url)
+        assert (parsed.username, parsed.password, parsed.netloc) == (username, password, netloc)
+        assert (parsed.path, parsed.query) == (path, query)
