@@ -424,7 +424,13 @@ class Scrubber:
     def _masked_params(self, text: str, mask: str) -> str:
         def one(match: re.Match[str]) -> str:
             name = unquote(match.group("name"))
-            if match.group("value") and (name.lower() in self.params or self.keys(name)):
+            value = match.group("value")
+            if value and (
+                name.lower() in self.params
+                or self.keys(name)
+                # a percent-encoded URL with a password (?next=https%3A%2F%2Fu%3Apw%40h)
+                or ("%" in value and (url := unquote(value)) != self.mask_url(url))
+            ):
                 return f"{match.group('lead')}{match.group('name')}={mask}"
             return match.group(0)
 
@@ -447,10 +453,27 @@ class Scrubber:
             user, sep, secret = userinfo.partition(":")
             if sep and secret:
                 userinfo = f"{user}:{MASK}"
+        if "://" in rest:  # a URL inside this one (?next=https://u:pw@h) or after it
+            rest = self._embedded(rest, param_mask)
         if "=" in rest:
             rest = self._masked_params(rest, param_mask)
         head = scheme + (f"{userinfo}@" if userinfo is not None else "")
         return head + rest
+
+    def _embedded(self, rest: str, param_mask: str) -> str:
+        """``rest`` of a URL with the first URL inside it (and so, recursively,
+        every further one) masked, running to the end of ``rest``."""
+        at = rest.find("://")
+        while at != -1:
+            start = at
+            while start > 0 and rest[start - 1] in _SCHEME_CHARS:
+                start -= 1
+            while start < at and not rest[start].isalpha():
+                start += 1
+            if start < at:
+                return rest[:start] + self.mask_url(rest[start:], param_mask)
+            at = rest.find("://", at + 3)
+        return rest
 
     # text ---------------------------------------------------------------------
 

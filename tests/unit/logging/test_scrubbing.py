@@ -312,6 +312,33 @@ class TestNotSecrets:
         assert "(got 'soon')" in str(caught.value)
 
 
+def span_attributes(attributes: dict[str, Any], **redact: Any) -> Any:
+    """The attributes of one span as the exporter received them."""
+    provider = TelemetryProvider(
+        TelemetrySettings(exporter="memory"), ServiceSettings(), redact=RedactSettings(**redact)
+    )
+    provider.initialize()
+    try:
+        with provider.tracer.start_as_current_span("x") as span:
+            span.set_attributes(attributes)
+        (finished,) = provider.finished_spans()
+    finally:
+        provider.shutdown()
+    return finished.attributes
+
+
+class TestSpanAttributes:
+    """The URL-shaped attributes of spans."""
+
+    def test_url_full_with_a_url_inside(self) -> None:
+        attributes = span_attributes(
+            {"url.full": "https://app/login?next=https://u:hunter2@internal/x&token=t1"}
+        )
+        assert attributes["url.full"] == (
+            "https://app/login?next=https://u:***@internal/x&token=REDACTED"
+        )
+
+
 class TestTextRules:
     """Free text: what each rule masks, and what it leaves alone."""
 
@@ -336,6 +363,12 @@ class TestTextRules:
             ("status: ok, took 12 ms at 01:02:03", "status: ok, took 12 ms at 01:02:03"),
             ("the tokenizer: fast; author=ann", "the tokenizer: fast; author=ann"),
             ("https://docs.example.com/a?page=2", "https://docs.example.com/a?page=2"),
+            # URLs inside or right after another URL
+            ("GET https://app/login?next=https://u:hunter2@internal/x 302",
+             "GET https://app/login?next=https://u:***@internal/x 302"),
+            ("https://gw/x,redis://:hunter2@c", "https://gw/x,redis://:***@c"),
+            ("urls=https://a/b;redis://:hunter2@c", "urls=https://a/b;redis://:***@c"),
+            ("https://gw/x?next=https%3A%2F%2Fu%3Ahunter2%40h&a=1", "https://gw/x?next=***&a=1"),
         ],
     )  # fmt: skip
     def test_rules(self, text: str, expected: str) -> None:
@@ -363,6 +396,10 @@ class TestTextRules:
              "postgresql://u:***@h1:5432,h2:5433/db?target_session_attrs=any"),
             ("redis://:pw@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
             ("http://:pw@h:x/0", "http://:***@h:x/0"),  # no authority parses: mask anyway
+            ("https://app/login?next=https://u:hunter2@internal/x",
+             "https://app/login?next=https://u:***@internal/x"),
+            ("https://gw/x,redis://:hunter2@c", "https://gw/x,redis://:***@c"),
+            ("https://a/b?r=redis://:x@c/0?next=https://u:y@d", "https://a/b?r=redis://:***@c/0?next=https://u:***@d"),
         ],
     )  # fmt: skip
     def test_mask_url(self, url: str, masked: str) -> None:
