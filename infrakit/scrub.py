@@ -357,6 +357,7 @@ def _separators(text: str) -> list[int]:
 # read on the reversed text, from just before a separator: blanks, an optional
 # closing quote, the name, and the character before it (an opening quote?)
 _NAME_BEFORE = re.compile(r"([ \t]*)(['\"]?)([A-Za-z0-9_.\-]+)(.?)", re.DOTALL)
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _SCHEME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
 _VALUE = re.compile(
     r"[ \t]*(?:(?:[Bb]earer|BEARER|[Bb]asic|BASIC|[Tt]oken)[ \t]+)?"
@@ -380,7 +381,7 @@ class Scrubber:
     the span scrubber build one from the profile.
     """
 
-    __slots__ = ("keys", "params", "replacement", "texts")
+    __slots__ = ("keys", "params", "replacement", "tails", "texts")
 
     #: Short strings repeat endlessly in logs and spans ("POST", "eu-west-1", an
     #: event name): :meth:`remember` keeps their answer in a bounded table.
@@ -399,6 +400,11 @@ class Scrubber:
                 raise ValueError(f"redaction pattern must be a non-empty key name, got {pattern!r}")
         self.keys = KeyMatcher([*DEFAULT_PATTERNS, *extra]) if extra else _default_keys
         self.params = SENSITIVE_PARAMS | {p.lower() for p in extra_params}
+        #: the last one to three letters of every key pattern and parameter name:
+        #: a name ending otherwise is neither (the first test in free text)
+        self.tails = self.keys.tails | {
+            f[-n:] for f in map(_fold, self.params) if f for n in (1, 2, 3)
+        }
         self.replacement = replacement
         #: text -> :data:`SAME` or its scrubbed form; read directly on hot paths
         self.texts: dict[str, object] = {}
@@ -496,15 +502,19 @@ class Scrubber:
         pieces: list[str] = []
         done = 0  # text[:done] is in pieces
         backwards = ""  # the text reversed, made once a name needs reading
-        tails = self.keys.tails
+        tails = self.tails
         for at in _separators(text):
             if at < done:
                 continue
             # fast reject: a sensitive name ends in the last letters of a pattern
+            # or a parameter name (read within the name: "?sv=" ends in "sv")
             end = at
             while end > done and text[end - 1] in " \t\"'":
                 end -= 1
-            tail = "".join(c for c in text[max(done, end - 6) : end].lower() if c.isalnum())
+            start = end
+            while start > done and end - start < 6 and text[start - 1] in _NAME_CHARS:
+                start -= 1
+            tail = "".join(c for c in text[start:end].lower() if c.isalnum())
             if tail[-3:] not in tails:
                 continue
             if not backwards:

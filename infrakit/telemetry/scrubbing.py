@@ -7,7 +7,7 @@ read from the memory exporter — has passed the same rules as a log line
 
 - an attribute whose key is sensitive (``http.request.header.authorization``,
   ``db.password``, ``user.email``) is replaced whatever its value;
-- ``url.query`` and the query of ``url.full`` keep their parameter names, with
+- ``url.query``, the query of ``http.target`` and of ``url.full`` keep their parameter names, with
   sensitive values replaced by ``REDACTED`` (the HTTP semantic conventions'
   rule), and ``url.full`` loses its user-info password;
 - ``db.statement`` / ``db.query.text`` have their literals replaced by ``?``
@@ -37,9 +37,11 @@ __all__ = ["QUERY_MASK", "ScrubbingSpanExporter", "sanitize_sql"]
 #: What a sensitive query value becomes in spans (the HTTP semantic conventions' word).
 QUERY_MASK = "REDACTED"
 _QUERY_KEYS = frozenset({"url.query"})
+#: path and query (the older HTTP conventions' attribute)
+_TARGET_KEYS = frozenset({"http.target"})
 _URL_KEYS = frozenset({"url.full", "http.url", "url.original"})
 _SQL_KEYS = frozenset({"db.statement", "db.query.text"})
-_SPECIAL = _QUERY_KEYS | _URL_KEYS | _SQL_KEYS
+_SPECIAL = _QUERY_KEYS | _TARGET_KEYS | _URL_KEYS | _SQL_KEYS
 
 # String literals ('...' with '' escapes, E'...' too), dollar-quoted bodies,
 # and numbers standing alone: what a statement would otherwise carry inline.
@@ -156,6 +158,9 @@ class ScrubbingSpanExporter(SpanExporter):
         scrubber = self._scrubber
         if key in _QUERY_KEYS:
             masked = scrubber.mask_query(value, QUERY_MASK)
+        elif key in _TARGET_KEYS:
+            path, mark, query = value.partition("?")
+            masked = scrubber.text(path) + mark + scrubber.mask_query(query, QUERY_MASK)
         elif key in _URL_KEYS:
             masked = scrubber.mask_url(value, QUERY_MASK)
         elif key in _SQL_KEYS:

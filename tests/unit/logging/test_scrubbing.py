@@ -327,8 +327,35 @@ def span_attributes(attributes: dict[str, Any], **redact: Any) -> Any:
     return finished.attributes
 
 
+class TestQueryParameters:
+    """Sensitive parameter names in free text, as uvicorn's access log writes them."""
+
+    @pytest.mark.parametrize(
+        ("path", "shown"),
+        [
+            ("/blob?sv=2022-11-02&sig=AZURESIG123", "/blob?sv=[REDACTED]&sig=[REDACTED]"),
+            ("/login?pass=hunter2&next=/", "/login?pass=[REDACTED]&next=/"),
+            ("/x?ticket=T1SECRET", "/x?ticket=[REDACTED]"),
+            ("/share?sas=SASSECRET", "/share?sas=[REDACTED]"),
+        ],
+    )
+    def test_access_log_lines(self, path: str, shown: str, lines: Any) -> None:
+        read = lines(extra_params=["ticket"])
+        logging.getLogger("uvicorn.access").info(
+            '%s - "%s %s HTTP/%s" %d', "127.0.0.1:50000", "GET", path, "1.1", 200
+        )
+        assert read()[0]["event"] == f'127.0.0.1:50000 - "GET {shown} HTTP/1.1" 200'
+
+
 class TestSpanAttributes:
     """The URL-shaped attributes of spans."""
+
+    def test_http_target_like_url_query(self) -> None:
+        attributes = span_attributes(
+            {"http.target": "/blob?sv=2022&sig=AZURESIG123&ticket=T1&page=2"},
+            extra_params=["ticket"],
+        )
+        assert attributes["http.target"] == "/blob?sv=REDACTED&sig=REDACTED&ticket=REDACTED&page=2"
 
     def test_url_full_with_a_url_inside(self) -> None:
         attributes = span_attributes(
@@ -421,12 +448,18 @@ class TestTextRules:
             ("redis+sentinel://:pw@s1:26379,s2:26379/mymaster/0", None, "pw",
              "s1:26379,s2:26379", "/mymaster/0", ""),
             ("redis://h/0?x=a@b", None, None, "h", "/0", "x=a@b"),
-            ("sqlite+aiosqlite:////home/me@corp/app.db", None, None, "", "//home/me@corp/app.db", ""),
+            ("sqlite+aiosqlite:////home/me@corp/app.db", None, None, "",
+             "//home/me@corp/app.db", ""),
             ("https://host/users/@me", None, None, "host", "/users/@me", ""),
         ],
     )  # fmt: skip
     def test_parse_url(
-        self, url: str, username: str | None, password: str | None, netloc: str, path: str,
+        self,
+        url: str,
+        username: str | None,
+        password: str | None,
+        netloc: str,
+        path: str,
         query: str,
     ) -> None:
         parsed = parse_url(url)
