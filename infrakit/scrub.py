@@ -359,11 +359,83 @@ def _separators(text: str) -> list[int]:
 _NAME_BEFORE = re.compile(r"([ \t]*)(['\"]?)([A-Za-z0-9_.\-]+)(.?)", re.DOTALL)
 _NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _SCHEME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
-_VALUE = re.compile(
-    r"[ \t]*(?:(?:[Bb]earer|BEARER|[Bb]asic|BASIC|[Tt]oken)[ \t]+)?"
-    # a quoted value may have lost its closing quote to truncation: mask to the end
-    r"(?:\"(?:[^\"\\\n]|\\.)*\"?|'(?:[^'\\\n]|\\.)*'?|[^\s&#\"'<>]+)"
-)
+# After a sensitive name, the value is masked whole as a repr would write it;
+# where its end is unclear, more is masked rather than less.
+_PREFIX = re.compile(r"(?:[Bb]earer|BEARER|[Bb]asic|BASIC|[Tt]oken)[ \t]+")
+_LITERAL_PREFIX = re.compile(r"[bBrRuUfF]{1,2}(?=['\"])")  # b'...', rb"..."
+_CALL = re.compile(r"[A-Za-z_][\w.]*(?=[(\[{])")  # SecretThing(...), datetime.date(...)
+_PEM_END = re.compile(r"-----END [^\n]*?-----")
+_UNQUOTED = re.compile(r"\S*")
+_UNQUOTED_IN_QUERY = re.compile(r"[^\s&#]*")
+_CLOSERS = {"(": ")", "[": "]", "{": "}"}
+
+
+def _quoted_end(text: str, start: int) -> int:
+    """End of the string literal opening at ``start`` (its closing quote
+    included); a literal cut short (truncation) runs to the end of the line."""
+    quote = text[start]
+    index = start + 1
+    size = len(text)
+    while index < size:
+        char = text[index]
+        if char == "\\":
+            index += 2
+            continue
+        if char == quote:
+            return index + 1
+        if char == "\n":
+            return index
+        index += 1
+    return size
+
+
+def _group_end(text: str, start: int) -> int:
+    """End of the bracketed group opening at ``start`` (``(``, ``[``, ``{`` or
+    ``<``), nested groups and string literals inside it included; an
+    unbalanced group runs to the end of the text."""
+    stack = [">" if text[start] == "<" else _CLOSERS[text[start]]]
+    index = start + 1
+    size = len(text)
+    while index < size:
+        char = text[index]
+        if char == stack[-1]:
+            stack.pop()
+            if not stack:
+                return index + 1
+        elif char in _CLOSERS:
+            stack.append(_CLOSERS[char])
+        elif char in "'\"":
+            index = _quoted_end(text, index)
+            continue
+        index += 1
+    return size
+
+
+def _value_end(text: str, start: int, in_query: bool) -> int:
+    """End of the value starting at ``start`` (after any blanks): a string or
+    bytes literal, a bracketed group (``[...]``, ``(...)``, ``{...}``,
+    ``<...>``, ``Name(...)``), a PEM block, or an unquoted word up to
+    whitespace (up to ``&`` or ``#`` too inside a URL query). ``Bearer``,
+    ``Basic`` and ``Token`` before it are part of it."""
+    prefix = _PREFIX.match(text, start)
+    if prefix is not None:
+        start = prefix.end()
+    if start >= len(text):
+        return start
+    if text.startswith("-----BEGIN", start):
+        pem = _PEM_END.search(text, start)
+        return pem.end() if pem is not None else len(text)
+    lead = _LITERAL_PREFIX.match(text, start) or _CALL.match(text, start)
+    head = lead.end() if lead is not None else start
+    char = text[head] if head < len(text) else ""
+    if char in {"'", '"'}:
+        return _quoted_end(text, head)
+    if char in _CLOSERS or (char == "<" and head == start):
+        return _group_end(text, head)
+    word = (_UNQUOTED_IN_QUERY if in_query else _UNQUOTED).match(text, start)
+    return word.end() if word is not None else start
+
+
 _URL_TAIL = re.compile(r"[^\s\"'<>]*")
 _CREDENTIAL = re.compile(r"\b((?:[Bb]earer|BEARER|[Bb]asic|BASIC)[ \t]+)[\w.~+/=\-]{6,}")
 _JWT = re.compile(r"\beyJ[\w\-]{4,}\.[\w\-]+\.[\w\-]*")
@@ -530,15 +602,17 @@ class Scrubber:
                 continue
             if not (self.keys(name) or name.lower() in self.params):
                 continue
-            value = _VALUE.match(text, at + 1)
-            if value is None:
-                continue
-            raw = value.group(0).lstrip(" \t")
-            quote = raw[0] if raw[:1] in ("'", '"') else ""
-            shown = quote + self.replacement + quote
-            pieces.append(text[done : value.end() - len(raw)])
-            pieces.append(shown)
-            done = value.end()
+            start = at + 1
+            while start < len(text) and text[start] in " \t":
+                start += 1
+            in_query = not quote and text[at] == "=" and name_match.group(4) in ("?", "&", "#")
+            end = _value_end(text, start, in_query)
+            if end == start:
+                continue  # no value
+            quote = text[start] if text[start] in "'\"" else ""
+            pieces.append(text[done:start])
+            pieces.append(quote + self.replacement + quote)
+            done = end
         if not pieces:
             return text
         pieces.append(text[done:])

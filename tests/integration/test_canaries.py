@@ -47,8 +47,8 @@ pytestmark = pytest.mark.integration
 
 # Characters a secret may hold in a URL, a query value or free text: the
 # punctuation that breaks naive parsers ('@' ':' '/' '%') and non-ASCII. (What
-# no rule can read is documented: whitespace, quotes and '&' end a value in
-# free text.)
+# no rule can read is documented: whitespace ends an unquoted value in free
+# text, '&' and '#' end one in a URL query.)
 _URL_SAFE = st.sampled_from(
     [*"abcdefghijkmnopqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789", *"@:/%-_.~", "é", "Ж", "✓"]
 )

@@ -327,6 +327,23 @@ def span_attributes(attributes: dict[str, Any], **redact: Any) -> Any:
     return finished.attributes
 
 
+class _Holder:
+    def __repr__(self) -> str:
+        return "Holder(user='ann', password=SecretThing(b'hunter2'), auth=['hunter3'])"
+
+
+class TestValues:
+    """After a sensitive name, the whole value goes, whatever its shape."""
+
+    def test_object_repr(self, lines: Any) -> None:
+        read = lines()
+        structlog.get_logger().info("connecting", client=_Holder())
+        logging.getLogger("lib").warning("connecting with %r", _Holder())
+        for event in read():
+            assert "hunter" not in json.dumps(event)
+        assert read()[0]["client"] == "Holder(user='ann', password=[REDACTED], auth=[REDACTED])"
+
+
 class TestQueryParameters:
     """Sensitive parameter names in free text, as uvicorn's access log writes them."""
 
@@ -390,6 +407,22 @@ class TestTextRules:
             ("status: ok, took 12 ms at 01:02:03", "status: ok, took 12 ms at 01:02:03"),
             ("the tokenizer: fast; author=ann", "the tokenizer: fast; author=ann"),
             ("https://docs.example.com/a?page=2", "https://docs.example.com/a?page=2"),
+            # a sensitive name's whole value, as a repr writes it
+            ("{'password': b'x', 'n': 1}", "{'password': [REDACTED], 'n': 1}"),
+            ("{'password': ['x', 'y'], 'n': 1}", "{'password': [REDACTED], 'n': 1}"),
+            ("{'password': ('x',), 'n': 1}", "{'password': [REDACTED], 'n': 1}"),
+            ("{'token': {'a': [1, (2, ')')], 'b': '}'}, 'n': 1}", "{'token': [REDACTED], 'n': 1}"),
+            ("Cfg(secret=SecretThing('x'), n=1)", "Cfg(secret=[REDACTED], n=1)"),
+            ("Cfg(secret=<Thing object at 0x7f>, n=1)", "Cfg(secret=[REDACTED], n=1)"),
+            ("password=pa#ss next", "password=[REDACTED] next"),
+            ("password=<x> next", "password=[REDACTED] next"),
+            ("password=&x next", "password=[REDACTED] next"),
+            ("password=pa'ss\"x next", "password=[REDACTED] next"),
+            ("private_key=-----BEGIN EC PRIVATE KEY-----\nMIIabc\n-----END EC PRIVATE KEY----- ok",
+             "private_key=[REDACTED] ok"),
+            ("secret=(cut short by trunc", "secret=[REDACTED]"),
+            # ... but in a URL query, '&' and '#' end it
+            ("/x?password=pa&b=1#frag", "/x?password=[REDACTED]&b=1#frag"),
             # URLs inside or right after another URL
             ("GET https://app/login?next=https://u:hunter2@internal/x 302",
              "GET https://app/login?next=https://u:***@internal/x 302"),
