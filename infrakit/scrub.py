@@ -34,6 +34,7 @@ logging, telemetry and the CLI all build on it.
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -136,6 +137,10 @@ def _fold(key: str) -> str:
     return "".join(ch for ch in key.lower() if ch.isalnum())
 
 
+# a two-letter last word: after a separator, or a camel hump (xRealIp)
+_SHORT_END = re.compile(r"(?:(?<=[^A-Za-z0-9])[A-Za-z0-9]{2}|(?<=[a-z])[A-Z][a-z0-9])\Z")
+
+
 def _suffix_start(name: str, length: int) -> int:
     """Index in ``name`` where its last ``length`` alphanumerics start."""
     seen = 0
@@ -162,7 +167,7 @@ class KeyMatcher:
     is bounded so a stream of unique keys cannot grow it without limit.
     """
 
-    __slots__ = ("_exempt", "_lengths", "_patterns", "cache", "tails")
+    __slots__ = ("_exempt", "_lengths", "cache", "patterns", "short_ends")
 
     _CACHE_LIMIT = 4096
 
@@ -171,13 +176,18 @@ class KeyMatcher:
     ) -> None:
         folded = {f for f in map(_fold, patterns) if f}
         plurals = {f + "s" for f in folded if f not in SINGULAR_ONLY}
-        self._patterns = frozenset(folded | plurals)
-        self._lengths = tuple(sorted({len(p) for p in self._patterns}, reverse=True))
+        #: the folded patterns and their plurals
+        self.patterns = frozenset(folded | plurals)
+        #: two-letter last words of patterns (``x_real_ip``, ``national_id``): a
+        #: name in text may end in a separator and these
+        self.short_ends = frozenset(
+            m.group(0).lower()
+            for m in (_SHORT_END.search(p) for p in patterns if isinstance(p, str))
+            if m is not None
+        )
+        self._lengths = tuple(sorted({len(p) for p in self.patterns}, reverse=True))
         exempt = {f for f in map(_fold, not_secrets) if f}
         self._exempt = frozenset(exempt | {f + "s" for f in exempt})
-        #: the last one to three characters of every pattern: a name whose end
-        #: is not among them cannot match (a cheap first test for free text)
-        self.tails = frozenset(p[-n:] for p in self._patterns for n in (1, 2, 3))
         #: key -> sensitive?; read directly on the logging hot path.
         self.cache: dict[object, bool] = {}
 
@@ -200,7 +210,7 @@ class KeyMatcher:
             return False
         folded = _fold(name)
         hit = any(
-            folded[-n:] in self._patterns for n in self._lengths if n <= len(folded)
+            folded[-n:] in self.patterns for n in self._lengths if n <= len(folded)
         ) and not self._exempted(name, folded)
         if len(self.cache) >= self._CACHE_LIMIT:
             self.cache.clear()
@@ -337,27 +347,86 @@ def parse_url(url: str) -> ParsedUrl:
 # --- free text -----------------------------------------------------------------
 
 # Free text is scanned for separators and URL markers with str methods and
-# small anchored matches, not with one big regex over every position: log
-# messages are mostly prose, and a regex trying a name at each word costs
-# ten times more than the whole log call.
+# regexes that start with one literal character (searched at memchr speed),
+# not with one big regex trying a name at every position: log messages are
+# mostly prose, and that costs ten times more than the whole log call. The
+# separators a sensitive name cannot end before are rejected inside the regex
+# engine (lookbehinds on the name's last characters), so a text full of ':'
+# (IPv6 addresses, times, JSON) costs no Python-level work per separator.
 
 
-def _separators(text: str) -> list[int]:
-    """Positions of every ``=`` and ``:``, in order (str.find: C speed)."""
-    found: list[int] = []
+def _letter_class(char: str) -> str:
+    upper = char.upper()
+    return f"[{char}{upper}]" if upper != char and len(upper) == 1 else re.escape(char)
+
+
+def _char_class(chars: Iterable[str]) -> str:
+    """A regex class of ``chars`` in either case."""
+    both = {c for char in chars for c in (char, char.upper()) if len(c) == 1}
+    return "[" + "".join(re.escape(c) for c in sorted(both)) + "]"
+
+
+def _trie(words: Iterable[str]) -> str:
+    """A regex matching any of ``words`` (all of one length), as a trie: each
+    branch is tried only when its first character matches."""
+    groups: dict[str, list[str]] = {}
+    for word in words:
+        groups.setdefault(word[0], []).append(word[1:])
+    branches = []
+    for char, rests in sorted(groups.items()):
+        rest = "" if rests == [""] else _trie(rests)
+        branches.append(_letter_class(char) + (f"(?:{rest})" if "|" in rest else rest))
+    return "|".join(branches)
+
+
+@functools.lru_cache(maxsize=16)
+def _separator_regexes(
+    names: frozenset[str], short_ends: frozenset[str]
+) -> tuple[re.Pattern[str], re.Pattern[str]]:
+    """Find each ``=`` (first) and ``:`` (second) that a name could end before
+    (then a closing quote and a blank at most, or any blanks): one whose last
+    three characters end a pattern or parameter name (``ord``, or ``_ip`` for
+    ``x_real_ip``), or whose name is one, if shorter (``sv``). Everything
+    else — ``:`` in times and IPv6 addresses, ``=`` after other words — is
+    skipped inside the regex engine, never reaching Python. (One regex per
+    separator: a search for one literal character runs at memchr speed.)"""
+    ends = {n[-3:] for n in names if len(n) >= 3}
+    ends |= {sep + end for end in short_ends for sep in "_.-"}
+    shorts = {n for n in names if len(n) < 3}
+    tails = _trie(ends)
+    # a cheap first test: the last two characters, each from the set it can be
+    pairs = ends | {n for n in shorts if len(n) == 2}
+    last = _char_class(p[-1] for p in pairs)
+    second = _char_class(p[-2] for p in pairs)
+    named = "|".join("".join(map(_letter_class, n)) for n in sorted(shorts))
+    filtered = all(len(n) == 2 for n in shorts)  # a one-letter name escapes the pair test
+    found = []
     for sep in "=:":
-        at = text.find(sep)
-        while at != -1:
-            found.append(at)
-            at = text.find(sep, at + 1)
-    found.sort()
-    return found
+
+        def shape(before: str, sep: str = sep) -> str:
+            alternatives = [f"(?<=(?:{tails}){before}{sep})"]
+            if shorts:
+                alternatives.append(f"(?<=\\b(?:{named}){before}{sep})")
+            either = "|".join(alternatives)
+            return f"(?<={second}{last}{before}{sep})(?:{either})" if filtered else f"(?:{either})"
+
+        quoted = "['\"]"
+        blank = "[ \t]"
+        found.append(
+            re.compile(
+                # the character before the separator says which shapes to try
+                f"{sep}(?<={last[:-1]}'\" \\t]{sep})(?:(?<={last}{sep}){shape('')}"
+                f"|(?<={quoted}{sep}){shape(quoted)}"
+                f"|(?<={blank}{sep})(?:{shape(blank)}|{shape(quoted + blank)}"
+                f"|(?<={blank}{blank}{sep})))"  # more blanks: judged in Python
+            )
+        )
+    return found[0], found[1]
 
 
 # read on the reversed text, from just before a separator: blanks, an optional
 # closing quote, the name, and the character before it (an opening quote?)
 _NAME_BEFORE = re.compile(r"([ \t]*)(['\"]?)([A-Za-z0-9_.\-]+)(.?)", re.DOTALL)
-_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
 _SCHEME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+.-")
 # After a sensitive name, the value is masked whole as a repr would write it;
 # where its end is unclear, more is masked rather than less.
@@ -453,7 +522,7 @@ class Scrubber:
     the span scrubber build one from the profile.
     """
 
-    __slots__ = ("keys", "params", "replacement", "tails", "texts")
+    __slots__ = ("_colons", "_equals", "keys", "params", "replacement", "texts")
 
     #: Short strings repeat endlessly in logs and spans ("POST", "eu-west-1", an
     #: event name): :meth:`remember` keeps their answer in a bounded table.
@@ -472,11 +541,10 @@ class Scrubber:
                 raise ValueError(f"redaction pattern must be a non-empty key name, got {pattern!r}")
         self.keys = KeyMatcher([*DEFAULT_PATTERNS, *extra]) if extra else _default_keys
         self.params = SENSITIVE_PARAMS | {p.lower() for p in extra_params}
-        #: the last one to three letters of every key pattern and parameter name:
-        #: a name ending otherwise is neither (the first test in free text)
-        self.tails = self.keys.tails | {
-            f[-n:] for f in map(_fold, self.params) if f for n in (1, 2, 3)
-        }
+        # the separators a key pattern or a parameter name could end before
+        self._equals, self._colons = _separator_regexes(
+            self.keys.patterns | {f for f in map(_fold, self.params) if f}, self.keys.short_ends
+        )
         self.replacement = replacement
         #: text -> :data:`SAME` or its scrubbed form; read directly on hot paths
         self.texts: dict[str, object] = {}
@@ -574,20 +642,12 @@ class Scrubber:
         pieces: list[str] = []
         done = 0  # text[:done] is in pieces
         backwards = ""  # the text reversed, made once a name needs reading
-        tails = self.tails
-        for at in _separators(text):
+        found = [m.start() for m in self._equals.finditer(text)] if "=" in text else []
+        if ":" in text:
+            found += [m.start() for m in self._colons.finditer(text)]
+            found.sort()
+        for at in found:
             if at < done:
-                continue
-            # fast reject: a sensitive name ends in the last letters of a pattern
-            # or a parameter name (read within the name: "?sv=" ends in "sv")
-            end = at
-            while end > done and text[end - 1] in " \t\"'":
-                end -= 1
-            start = end
-            while start > done and end - start < 6 and text[start - 1] in _NAME_CHARS:
-                start -= 1
-            tail = "".join(c for c in text[start:end].lower() if c.isalnum())
-            if tail[-3:] not in tails:
                 continue
             if not backwards:
                 backwards = text[::-1]
