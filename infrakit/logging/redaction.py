@@ -48,7 +48,9 @@ class PIIRedactor:
     changes, and the caller's objects are never mutated.
     """
 
-    __slots__ = ("_cache", "_keys", "_scrub", "_text", "_texts", "replacement", "scrubber")
+    __slots__ = ("_keys", "_scrub", "_states", "_text", "_texts", "replacement", "scrubber")
+
+    _KEY_CACHE_LIMIT = 4096
 
     def __init__(
         self,
@@ -59,7 +61,9 @@ class PIIRedactor:
     ) -> None:
         self.scrubber = Scrubber(additional_patterns or (), extra_params, replacement)
         self._keys = self.scrubber.keys
-        self._cache = self._keys.cache
+        #: key -> False (shown as is), True (its value redacted) or, for a key
+        #: to be shown otherwise (scrubbed, decoded), (shown key, redacted?)
+        self._states: dict[object, Any] = {}
         self._scrub = self.scrubber.text
         # short strings' answers, remembered by the scrubber: read inline below
         self._texts = self.scrubber.texts
@@ -79,24 +83,45 @@ class PIIRedactor:
         # structlog hands each processor a dict of its own making, so the top
         # level is redacted in place; nested values are the caller's and are
         # copied on write. This loop is the hot path of every log line.
-        cache = self._cache
+        states = self._states
         texts = self._texts
+        renamed = None
         for key, value in event_dict.items():
-            sensitive = cache.get(key)
-            if sensitive is None:
-                sensitive = self._keys.classify(key)
-            if sensitive:
+            state = states.get(key)
+            if state is None:
+                state = self._key_state(key)
+            if state is False:
+                if type(value) is str:
+                    if key not in _KIT_KEYS:
+                        hit = texts.get(value)
+                        if hit is None:
+                            event_dict[key] = self._text(value)
+                        elif hit is not SAME:
+                            event_dict[key] = hit
+                elif type(value) not in _PLAIN and key not in _PASS_KEYS:
+                    event_dict[key] = self._value(value, 1)
+            elif state is True:
                 event_dict[key] = self.replacement
-            elif type(value) is str:
-                if key not in _KIT_KEYS:
-                    hit = texts.get(value)
-                    if hit is None:
-                        event_dict[key] = self._text(value)
-                    elif hit is not SAME:
-                        event_dict[key] = hit
-            elif type(value) not in _PLAIN and key not in _PASS_KEYS:
-                event_dict[key] = self._value(value, 1)
+            else:  # a key that is itself scrubbed (a URL with a password, say)
+                renamed = [*(renamed or ()), (key, state)]
+        for key, (shown, sensitive) in renamed or ():
+            value = event_dict.pop(key)
+            event_dict[_unique(event_dict, shown)] = (
+                self.replacement if sensitive else self._value(value, 1)
+            )
         return event_dict
+
+    def _key_state(self, key: object) -> Any:
+        """How ``key`` is shown: see ``_states``."""
+        sensitive = self._keys(key)
+        shown = _key(key)
+        scrubbed = self._scrub(shown)
+        state = sensitive if scrubbed is key else (scrubbed, sensitive)
+        if type(key) is str or type(key) is bytes:  # 1 == True: other keys are not cached
+            if len(self._states) >= self._KEY_CACHE_LIMIT:
+                self._states.clear()
+            self._states[key] = state
+        return state
 
     def redact(self, event: Mapping[str, Any]) -> dict[str, Any]:
         """A redacted shallow copy of ``event`` (nested parts copied as needed)."""
@@ -177,25 +202,45 @@ class PIIRedactor:
         self, value: Mapping[Any, Any], depth: int, *, force_copy: bool = False
     ) -> Mapping[Any, Any]:
         out: dict[Any, Any] | None = None
-        cache = self._cache
+        states = self._states
         texts = self._texts
         for key, item in value.items():
-            sensitive = cache.get(key)
-            if sensitive is None:
-                sensitive = self._keys.classify(key)
-            if sensitive:
-                new = self.replacement
-            elif (kind := type(item)) in _PLAIN or (kind is str and texts.get(item) is SAME):
-                new = item
+            state = states.get(key)
+            if state is None:
+                state = self._key_state(key)
+            if state is False:
+                shown = key
+                if (kind := type(item)) in _PLAIN or (kind is str and texts.get(item) is SAME):
+                    new = item
+                else:
+                    new = self._value(item, depth + 1)
+            elif state is True:
+                shown, new = key, self.replacement
             else:
-                new = self._value(item, depth + 1)
-            if new is not item or type(key) is not str:
-                if out is None:
-                    out = {_key(k): v for k, v in value.items()}
-                out[_key(key)] = new
+                shown, sensitive = state
+                new = self.replacement if sensitive else self._value(item, depth + 1)
+            if out is None:
+                if new is item and shown is key:
+                    continue
+                out = {}
+                for before, kept in value.items():  # all shown as they are
+                    if before is key:
+                        break
+                    out[before] = kept
+            out[_unique(out, shown) if shown is not key else shown] = new
         if out is not None:
             return out
         return dict(value) if force_copy else value
+
+
+def _unique(mapping: Mapping[str, Any], key: str) -> str:
+    """``key``, or ``key (2)``, ``key (3)``... if ``mapping`` has it already (two
+    keys that scrub to the same text both stay)."""
+    shown, n = key, 1
+    while shown in mapping:
+        n += 1
+        shown = f"{key} ({n})"
+    return shown
 
 
 def _key(key: object) -> str:

@@ -1,12 +1,22 @@
 from __future__ import annotations
 
 import dataclasses
+import io
+import logging
 from typing import Any
 
 import pydantic
 import pytest
+import structlog
 
-from infrakit.logging import DEFAULT_PATTERNS, REDACTED, PIIRedactor, is_sensitive_key
+from infrakit.logging import (
+    DEFAULT_PATTERNS,
+    REDACTED,
+    PIIRedactor,
+    configure_logging,
+    is_sensitive_key,
+    reset_logging,
+)
 
 SENTRY_DEFAULT_DENYLIST = [
     "password", "passwd", "secret", "api_key", "apikey", "auth", "credentials", "mysql_pwd",
@@ -135,6 +145,39 @@ class TestRedactor:
         out = self.redact({"dsn_target": "postgresql://app:pw@db/app", "note": "a@b"})
         assert out["dsn_target"] == "postgresql://app:***@db/app"
         assert out["note"] == "a@b"
+
+    def test_keys_are_scrubbed_too(self) -> None:
+        event = {
+            "event": "health",
+            "status": {"redis://:pw1@h:6379/0": "down", "postgresql://u:pw2@db/app": "up"},
+            "redis://:pw3@cache:6379/0": "down",
+            "headers": {b"x-upstream=redis://:pw4@h": 1, "token=abc": 2, "plain": 3},
+        }
+        out = self.redact(event)
+        assert out["status"] == {"redis://:***@h:6379/0": "down", "postgresql://u:***@db/app": "up"}
+        assert out["redis://:***@cache:6379/0"] == "down"
+        assert out["headers"] == {"x-upstream=redis://:***@h": 1, "token=[REDACTED]": 2, "plain": 3}
+        assert "pw" not in repr(out)
+        assert event["status"] == {
+            "redis://:pw1@h:6379/0": "down",
+            "postgresql://u:pw2@db/app": "up",
+        }
+
+    def test_keys_scrubbed_alike_both_stay(self) -> None:
+        out = self.redact({"m": {"redis://:a@h": 1, "redis://:b@h": 2}})
+        assert out["m"] == {"redis://:***@h": 1, "redis://:***@h (2)": 2}
+
+    def test_keys_in_the_rendered_line(self) -> None:
+        stream = io.StringIO()
+        configure_logging("INFO", "json", stream=stream)
+        try:
+            structlog.get_logger().info("health", status={"redis://:pw@h:6379/0": "down"})
+            structlog.get_logger().info("health", **{"redis://:pw@h:6379/0": "down"})
+            logging.getLogger("lib").warning("x", extra={"status": {"redis://:pw@h/0": "down"}})
+        finally:
+            reset_logging()
+        assert ":pw@" not in stream.getvalue()
+        assert stream.getvalue().count(":***@") == 3
 
     def test_replacement_and_extra_patterns(self) -> None:
         out = self.redact(
