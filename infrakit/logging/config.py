@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -148,6 +149,20 @@ def _repr(value: object) -> str:
         return f"<{type(value).__name__} (repr failed: {type(error).__name__})>"
 
 
+def _json_default(scrub: Callable[[str], str]) -> Callable[[object], str]:
+    """The JSON renderer's ``default``: an object's ``__structlog__`` or its
+    ``repr`` (as structlog's own), scrubbed."""
+
+    def default(value: object) -> str:
+        hook = getattr(type(value), "__structlog__", None)
+        if callable(hook):
+            with contextlib.suppress(Exception):
+                return scrub(str(hook(value)))
+        return scrub(_repr(value))
+
+    return default
+
+
 class _SafeRenderer:
     """The final renderer, which must never raise into a log call: if it
     fails, the line says so, with the (scrubbed) event text."""
@@ -254,11 +269,10 @@ def build_processors(
     else:
         # rendered before redaction, so messages, tracebacks and locals are scrubbed
         shared.append(_JsonExceptions(traceback_locals))
-        # The redactor leaves only JSON-safe values (odd objects become their
-        # scrubbed repr, keys strings); the fallbacks are a second line.
-        renderer = structlog.processors.JSONRenderer(
-            default=lambda value: scrub(_repr(value)), skipkeys=True
-        )
+        # The redactor leaves only JSON-safe values, keys strings, and objects
+        # whose repr holds no secret (dates, UUIDs...): this prints those, and
+        # is a second line for anything else.
+        renderer = structlog.processors.JSONRenderer(default=_json_default(scrub), skipkeys=True)
     shared.append(redactor)
     return shared, renderer
 

@@ -5,15 +5,24 @@ value is replaced whatever it holds, every string is run through the text
 scrubber (messages, ``%``-formatted stdlib messages, exception messages,
 rendered tracebacks and frame locals), and objects the renderer would ``repr``
 are turned into their scrubbed ``repr`` here, so nothing reaches the output
-unscrubbed. It never raises into the caller and never mutates the caller's
-objects.
+unscrubbed — except objects whose ``repr`` cannot hold a secret (dates,
+times, UUIDs, decimals; enums and paths whose ``repr`` the scrubber leaves
+alone), which stay as they are. An object's ``__structlog__`` is honoured:
+its result is redacted like any value. It never raises into the caller and
+never mutates the caller's objects.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import datetime
+import decimal
+import enum
+import fractions
+import uuid
 from collections.abc import Iterable, Mapping
+from pathlib import PurePath
 from typing import Any
 
 from infrakit.scrub import DEFAULT_PATTERNS, REDACTED, SAME, Scrubber, is_sensitive_key
@@ -27,6 +36,14 @@ __all__ = [
 
 _MAX_DEPTH = 32
 _PLAIN = frozenset({int, float, bool, type(None)})
+#: Objects left in the event as they are (``captured_logs`` sees them; the
+#: renderers print their repr, which holds only numbers and fixed words).
+_KEPT = frozenset(
+    {
+        datetime.datetime, datetime.date, datetime.time, datetime.timedelta,
+        datetime.timezone, uuid.UUID, decimal.Decimal, fractions.Fraction, complex,
+    }
+)  # fmt: skip
 #: Values the pipeline itself put in the event: never free text, never scanned.
 _KIT_KEYS = frozenset(
     {"timestamp", "level", "logger", "request_id", "trace_id", "span_id", "_from_structlog"}
@@ -43,7 +60,9 @@ class PIIRedactor:
     last two rendered as dicts); a sensitive key's whole value (including a
     nested container or ``bytes``) becomes ``replacement``. ``bytes`` keys and
     values are decoded, ``(name, value)`` pairs (header lists) are judged by
-    their name, and any other object becomes its scrubbed ``repr``. Works
+    their name, an object with ``__structlog__`` becomes its (redacted)
+    result, dates, times, UUIDs and decimals stay as they are, and any other
+    object becomes its scrubbed ``repr``. Works
     copy-on-write: a container is copied only when something inside it
     changes, and the caller's objects are never mutated.
     """
@@ -144,6 +163,8 @@ class PIIRedactor:
             return self._mapping(value, depth)
         if kind is list or kind is tuple:
             return self._sequence(value, depth)
+        if kind in _KEPT:  # their repr holds no text of anyone's choosing
+            return value
         if isinstance(value, str):  # a str subclass
             return self._scrub(str(value))
         if isinstance(value, int | float):
@@ -162,6 +183,18 @@ class PIIRedactor:
                 return type(value)(items) if type(value) in (set, frozenset) else items
             except TypeError:  # a redacted item became unhashable
                 return items
+        hook = getattr(type(value), "__structlog__", None)
+        if callable(hook):  # the object says how it is logged: that, scrubbed
+            try:
+                shown = hook(value)
+            except Exception:  # noqa: BLE001 - a broken hook must not break the call
+                return self._scrub(_safe_repr(value))
+            return self._value(shown, depth + 1)
+        if isinstance(value, enum.Enum | PurePath):
+            # kept when their repr (what the renderers print) holds no secret
+            text = _safe_repr(value)
+            scrubbed = self._scrub(text)
+            return value if scrubbed is text else scrubbed
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
             return self._mapping(fields, depth, force_copy=True)

@@ -1,8 +1,14 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import decimal
+import enum
 import io
+import json
 import logging
+import pathlib
+import uuid
 from typing import Any
 
 import pydantic
@@ -81,6 +87,22 @@ class Login:
 class Card(pydantic.BaseModel):
     holder: str
     card_number: str
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Leaky(enum.Enum):
+    TARGET = "redis://:pw@h:6379/0"
+
+
+class Connection:
+    def __structlog__(self) -> dict[str, str]:
+        return {"url": "redis://:pw@cache:6379/0", "password": "pw"}
+
+    def __repr__(self) -> str:
+        return "Connection()"
 
 
 class TestRedactor:
@@ -178,6 +200,55 @@ class TestRedactor:
             reset_logging()
         assert ":pw@" not in stream.getvalue()
         assert stream.getvalue().count(":***@") == 3
+
+    def test_objects_that_cannot_hold_a_secret_stay_as_they_are(self) -> None:
+        when = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC)
+        ident = uuid.UUID(int=7)
+        values = {
+            "at": when,
+            "day": when.date(),
+            "took": datetime.timedelta(seconds=3),
+            "id": ident,
+            "price": decimal.Decimal("9.99"),
+            "color": Color.RED,
+            "path": pathlib.PurePosixPath("/srv/app"),
+            "nested": [{"at": when}],
+        }
+        out = self.redact(values)
+        for key, value in values.items():
+            assert out[key] == value
+            assert type(out[key]) is type(value)
+        assert out["nested"] is values["nested"]
+
+    def test_enums_and_paths_holding_secrets_are_scrubbed(self) -> None:
+        out = self.redact(
+            {"mode": Leaky.TARGET, "path": pathlib.PurePosixPath("/tmp/password=hunter2")}
+        )
+        assert out["mode"] == "<Leaky.TARGET: 'redis://:***@h:6379/0'>"
+        assert out["path"] == "PurePosixPath('/tmp/password=[REDACTED]"
+
+    def test_structlog_hook_is_honoured_and_scrubbed(self) -> None:
+        out = self.redact({"conn": Connection(), "hooks": [Connection()]})
+        assert out["conn"] == {"url": "redis://:***@cache:6379/0", "password": REDACTED}
+        assert out["hooks"] == [out["conn"]]
+
+    def test_in_captured_logs_and_in_the_line(self) -> None:
+        from infrakit.testing import capture_logs
+
+        when = datetime.datetime(2024, 5, 1, 12, 30, tzinfo=datetime.UTC)
+        stream = io.StringIO()
+        configure_logging("INFO", "json", stream=stream)
+        try:
+            with capture_logs() as events:
+                structlog.get_logger().info("e", at=when, id=uuid.UUID(int=7), conn=Connection())
+        finally:
+            reset_logging()
+        (event,) = events
+        assert (event["at"], event["id"]) == (when, uuid.UUID(int=7))
+        line = json.loads(stream.getvalue())
+        assert line["at"] == repr(when)  # as structlog's JSONRenderer prints it
+        assert line["id"] == repr(uuid.UUID(int=7))
+        assert line["conn"] == {"url": "redis://:***@cache:6379/0", "password": REDACTED}
 
     def test_replacement_and_extra_patterns(self) -> None:
         out = self.redact(
