@@ -79,6 +79,23 @@ class _PipelineHandler(logging.Handler):
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
 
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
+        """Say that a record could not be written, and where it came from.
+
+        logging's own ``handleError`` prints the record's message, its
+        arguments and the call stack's source lines: the unredacted values
+        this pipeline exists to hide. Only the error's type is shown here.
+        """
+        if not logging.raiseExceptions or sys.stderr is None:
+            return
+        error = sys.exc_info()[1]
+        with contextlib.suppress(Exception):
+            sys.stderr.write(
+                f"--- Logging error: {type(error).__name__} in infrakit's pipeline; a record"
+                f" of logger {record.name!r} ({record.pathname}:{record.lineno}) was not"
+                " written (its message and arguments are not shown: they may hold secrets)\n"
+            )
+
 
 class UTCTimestamper:
     """structlog processor: ``timestamp`` as ISO 8601 UTC with microseconds and ``Z``.

@@ -51,6 +51,8 @@ _KIT_KEYS = frozenset(
 #: Values for the renderer itself (an exc_info tuple, the stdlib record): the
 #: console renderer formats the exception through the scrubber on its own.
 _PASS_KEYS = frozenset({"exc_info", "_record"})
+#: structlog's ProcessorFormatter reads (and deletes) these after the chain.
+_META_KEYS = ("_record", "_from_structlog")
 
 
 class PIIRedactor:
@@ -93,10 +95,24 @@ class PIIRedactor:
         try:
             return self._redact(event_dict)
         except Exception as error:  # noqa: BLE001 - never raise into a log call, never leak
-            return {
-                "event": self._scrub(_safe_str(event_dict.get("event", ""))),
-                "redaction_error": type(error).__name__,
-            }
+            return self._fallback(event_dict, error)
+
+    def _fallback(self, event_dict: Any, error: Exception) -> dict[str, Any]:
+        """What is left of an event the redactor failed on: its scrubbed text,
+        the pipeline's own plain values, and the keys structlog's stdlib
+        formatter needs (``_record``, ``_from_structlog``): without them it
+        fails too, and logging's handleError would print the raw record."""
+        fallback: dict[str, Any] = {}
+        with contextlib.suppress(Exception):
+            fallback["event"] = self._scrub(_safe_str(event_dict.get("event", "")))
+            for key in _KIT_KEYS:
+                if type(event_dict.get(key)) in (str, bool):
+                    fallback[key] = event_dict[key]
+            for key in _META_KEYS:
+                if key in event_dict:
+                    fallback[key] = event_dict[key]
+        fallback["redaction_error"] = type(error).__name__
+        return fallback
 
     def _redact(self, event_dict: Any) -> Any:
         # structlog hands each processor a dict of its own making, so the top
@@ -196,7 +212,10 @@ class PIIRedactor:
             scrubbed = self._scrub(text)
             return value if scrubbed is text else scrubbed
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            fields = {f.name: getattr(value, f.name) for f in dataclasses.fields(value)}
+            fields = {
+                f.name: getattr(value, f.name, "<unset>")  # field(init=False), never set
+                for f in dataclasses.fields(value)
+            }
             return self._mapping(fields, depth, force_copy=True)
         dump = getattr(value, "model_dump", None)
         if callable(dump) and not isinstance(value, type):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import datetime
 import decimal
@@ -9,6 +10,7 @@ import json
 import logging
 import pathlib
 import uuid
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pydantic
@@ -274,3 +276,88 @@ class TestRedactor:
     def test_bad_pattern_is_value_error(self, pattern: Any) -> None:
         with pytest.raises(ValueError, match="redaction pattern"):
             PIIRedactor([pattern])
+
+
+@dataclasses.dataclass
+class HalfBuilt:
+    user: str
+    token: str = dataclasses.field(init=False)  # never set: getattr raises
+
+
+class BrokenMapping(Mapping[str, str]):
+    def __getitem__(self, key: str) -> str:
+        raise RuntimeError("no items")
+
+    def __iter__(self) -> Iterator[str]:
+        raise RuntimeError("no keys")
+
+    def __len__(self) -> int:
+        return 1
+
+    def __repr__(self) -> str:
+        return "BrokenMapping(password='Kq9hunter2')"
+
+
+class TestNothingLeaksWhenRedactionFails:
+    """A value the redactor cannot walk, and a record the handler cannot
+    write: neither the output nor stderr shows the raw values."""
+
+    SECRET = "Kq9hunter2"
+
+    def run(self, log: Any, *, break_formatter: bool = False) -> tuple[list[Any], str]:
+        out, err = io.StringIO(), io.StringIO()
+        configure_logging("INFO", "json", stream=out)
+        try:
+            if break_formatter:
+                (handler,) = [
+                    h for h in logging.getLogger().handlers if hasattr(h, "infrakit_handler")
+                ]
+                handler.setFormatter(_FailingFormatter())
+            with contextlib.redirect_stderr(err):
+                log()
+        finally:
+            reset_logging()
+        assert self.SECRET not in out.getvalue() + err.getvalue()
+        return [json.loads(line) for line in out.getvalue().splitlines()], err.getvalue()
+
+    def test_dataclass_with_an_unset_field(self) -> None:
+        lines, err = self.run(
+            lambda: logging.getLogger("lib").warning(
+                "login password=%s", self.SECRET, extra={"obj": HalfBuilt("ann")}
+            )
+        )
+        assert err == ""
+        assert lines[0]["obj"] == {"user": "ann", "token": REDACTED}
+        assert lines[0]["event"] == f"login password={REDACTED}"
+
+    def test_a_value_that_breaks_redaction(self) -> None:
+        def log() -> None:
+            logging.getLogger("lib").warning(
+                "login password=%s", self.SECRET, extra={"obj": BrokenMapping()}
+            )
+            structlog.get_logger().warning("login", obj=BrokenMapping(), password=self.SECRET)
+
+        (stdlib, native), err = self.run(log)
+        assert err == ""
+        assert stdlib["redaction_error"] == native["redaction_error"] == "RuntimeError"
+        assert (stdlib["event"], stdlib["logger"], stdlib["level"]) == (
+            f"login password={REDACTED}",
+            "lib",
+            "warning",
+        )
+        assert "obj" not in stdlib
+
+    def test_a_record_that_cannot_be_written(self) -> None:
+        lines, err = self.run(
+            lambda: logging.getLogger("lib").warning("login password=%s", self.SECRET),
+            break_formatter=True,
+        )
+        assert lines == []
+        assert "Logging error: RuntimeError" in err
+        assert "'lib'" in err
+        assert "login" not in err  # neither the message nor the source line
+
+
+class _FailingFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        raise RuntimeError("cannot format")
