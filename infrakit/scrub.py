@@ -141,6 +141,10 @@ def _fold(key: str) -> str:
 _SHORT_END = re.compile(r"(?:(?<=[^A-Za-z0-9])[A-Za-z0-9]{2}|(?<=[a-z])[A-Z][a-z0-9])\Z")
 
 
+# words of a name: snake, kebab, dotted, camelCase, UPPER
+_WORDS = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+|[^\W\d_]+")
+
+
 def _suffix_start(name: str, length: int) -> int:
     """Index in ``name`` where its last ``length`` alphanumerics start."""
     seen = 0
@@ -167,7 +171,7 @@ class KeyMatcher:
     is bounded so a stream of unique keys cannot grow it without limit.
     """
 
-    __slots__ = ("_exempt", "_lengths", "cache", "patterns", "short_ends")
+    __slots__ = ("_exempt", "_lengths", "_mentions", "cache", "patterns", "short_ends")
 
     _CACHE_LIMIT = 4096
 
@@ -190,6 +194,7 @@ class KeyMatcher:
         self._exempt = frozenset(exempt | {f + "s" for f in exempt})
         #: key -> sensitive?; read directly on the logging hot path.
         self.cache: dict[object, bool] = {}
+        self._mentions: dict[str, bool] = {}
 
     def __call__(self, key: object) -> bool:
         if isinstance(key, bytearray):
@@ -215,6 +220,33 @@ class KeyMatcher:
         if len(self.cache) >= self._CACHE_LIMIT:
             self.cache.clear()
         self.cache[key] = hit
+        return hit
+
+    def mentions(self, name: str) -> bool:
+        """The looser rule for names of frame locals: a sensitive key, or a name
+        one of whose words, or run of adjacent words, is a pattern or its
+        plural (``auth_args``, ``password_hash``, ``apiKeyId``, ``tokens``),
+        unless it is one of
+        :data:`NOT_SECRETS` (``token_count``, ``auth_method``). A local's value
+        is shown only in a traceback, so this masks more rather than less."""
+        hit = self._mentions.get(name)
+        if hit is None:
+            if self(name):
+                hit = True
+            elif self._exempted(name, _fold(name)):
+                hit = False
+            else:
+                words = [w.lower() for w in _WORDS.findall(name)]
+                runs = {
+                    "".join(words[i:j])
+                    for i in range(len(words))
+                    for j in range(i + 1, len(words) + 1)
+                }
+                # any plural here: a local "tokens" may well hold some
+                hit = any(run in self.patterns or run[:-1] in self.patterns for run in runs)
+            if len(self._mentions) >= self._CACHE_LIMIT:
+                self._mentions.clear()
+            self._mentions[name] = hit
         return hit
 
     def _exempted(self, name: str, folded: str) -> bool:
@@ -507,6 +539,7 @@ def _value_end(text: str, start: int, in_query: bool) -> int:
 
 _URL_TAIL = re.compile(r"[^\s\"'<>]*")
 _CREDENTIAL = re.compile(r"\b((?:[Bb]earer|BEARER|[Bb]asic|BASIC)[ \t]+)[\w.~+/=\-]{6,}")
+_AUTH_COMMAND = re.compile(r"""[(\[][ \t]*[bB]?(['"])(?:AUTH|auth)\1[ \t]*,""")
 _JWT = re.compile(r"\beyJ[\w\-]{4,}\.[\w\-]+\.[\w\-]*")
 
 
@@ -635,6 +668,8 @@ class Scrubber:
             out = _CREDENTIAL.sub(lambda m: m.group(1) + self.replacement, out)
         if "eyJ" in out:
             out = _JWT.sub(self.replacement, out)
+        if "AUTH" in out or "auth'" in out or 'auth"' in out:
+            out = self._auth_commands(out)
         return text if out == text else out
 
     def _pairs(self, text: str) -> str:
@@ -672,6 +707,24 @@ class Scrubber:
             quote = text[start] if text[start] in "'\"" else ""
             pieces.append(text[done:start])
             pieces.append(quote + self.replacement + quote)
+            done = end
+        if not pieces:
+            return text
+        pieces.append(text[done:])
+        return "".join(pieces)
+
+    def _auth_commands(self, text: str) -> str:
+        """A Redis ``AUTH`` command's arguments, as redis-py's frame locals hold
+        them (``args = ('AUTH', 'default', 'pw')``): all masked."""
+        pieces: list[str] = []
+        done = 0
+        for command in _AUTH_COMMAND.finditer(text):
+            if command.start() < done:
+                continue
+            end = _group_end(text, command.start())
+            closer = text[end - 1] if end > command.end() and text[end - 1] in ")]" else ""
+            pieces.append(text[done : command.end()])
+            pieces.append(" " + self.replacement + closer)
             done = end
         if not pieces:
             return text

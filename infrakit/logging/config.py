@@ -18,6 +18,7 @@ from structlog.typing import EventDict, Processor
 
 from infrakit.logging.context import add_request_id, add_trace_context
 from infrakit.logging.redaction import REDACTED, PIIRedactor
+from infrakit.scrub import Scrubber
 from infrakit.values import LOG_LEVELS
 
 __all__ = ["LOG_LEVELS", "build_processors", "configure_logging", "reset_logging"]
@@ -120,43 +121,94 @@ class UTCTimestamper:
         return event_dict
 
 
+#: How much of a frame local's repr is read (for secrets) and how much shown.
+LOCALS_READ = 4096
+LOCALS_SHOWN = 80
+
+
 class _JsonExceptions:
     """structlog's ``dict_tracebacks``, skipped outright for the usual event
     without an exception. Frame locals only when asked for: they hold
-    passwords, tokens and request bodies, and are redacted like the rest of the
-    event (this runs before the redactor)."""
+    passwords, tokens and request bodies. A local whose name mentions a
+    secret (``auth_args``, ``password_hash``) is replaced; any other is
+    scrubbed on its repr's first 4 KB *before* being cut to 80 characters (a
+    URL cut before its ``@`` would show its password). The redactor, which
+    runs next, then judges the locals like the rest of the event."""
 
-    __slots__ = ("_render",)
+    __slots__ = ("_render", "_scrubber", "_show_locals")
 
-    def __init__(self, show_locals: bool) -> None:
+    def __init__(self, show_locals: bool, scrubber: Scrubber) -> None:
+        self._show_locals = show_locals
+        self._scrubber = scrubber
         self._render = structlog.processors.ExceptionRenderer(
-            structlog.tracebacks.ExceptionDictTransformer(show_locals=show_locals, use_rich=False)
+            structlog.tracebacks.ExceptionDictTransformer(
+                show_locals=show_locals, locals_max_string=LOCALS_READ, use_rich=False
+            )
         )
 
     def __call__(self, logger: object, method_name: str, event_dict: EventDict) -> EventDict:
         if "exc_info" not in event_dict:
             return event_dict
         rendered: EventDict = self._render(logger, method_name, event_dict)
+        if self._show_locals and isinstance(rendered.get("exception"), list):
+            self._locals(rendered["exception"])
         return rendered
+
+    def _locals(self, stacks: list[Any]) -> None:
+        scrubber = self._scrubber
+        for stack in stacks:
+            if not isinstance(stack, dict):
+                continue
+            for frame in stack.get("frames") or ():
+                variables = frame.get("locals") if isinstance(frame, dict) else None
+                if not variables:
+                    continue
+                shown = {}
+                for name, value in variables.items():
+                    if scrubber.keys.mentions(str(name)):
+                        shown[name] = scrubber.replacement
+                    else:
+                        text = scrubber.text(str(value))
+                        cut = len(text) - LOCALS_SHOWN
+                        shown[name] = f"{text[:LOCALS_SHOWN]}+{cut}" if cut > 0 else text
+                frame["locals"] = shown
+            nested = stack.get("exceptions")
+            if isinstance(nested, list):
+                self._locals(nested)
 
 
 class _ScrubbedTraceback:
     """The console renderer's exception formatter: a plain traceback (never
     rich's, whose colours and line wrapping would split secrets past the
-    scrubber), locals only when asked for, and the text scrubbed."""
+    scrubber), locals only when asked for (those whose name mentions a secret
+    replaced), and the text scrubbed."""
 
-    __slots__ = ("_scrub", "_show_locals")
+    __slots__ = ("_scrubber", "_show_locals")
 
-    def __init__(self, scrub: Callable[[str], str], show_locals: bool) -> None:
-        self._scrub = scrub
+    def __init__(self, scrubber: Scrubber, show_locals: bool) -> None:
+        self._scrubber = scrubber
         self._show_locals = show_locals
 
     def __call__(self, sio: TextIO, exc_info: Any) -> None:
         exc_type, exc_value, tb = exc_info
-        lines = traceback.TracebackException(
+        exception = traceback.TracebackException(
             exc_type, exc_value, tb, capture_locals=self._show_locals
-        ).format()
-        sio.write("\n" + self._scrub("".join(lines)))
+        )
+        if self._show_locals:
+            self._locals(exception, set())
+        sio.write("\n" + self._scrubber.text("".join(exception.format())))
+
+    def _locals(self, exception: traceback.TracebackException, seen: set[int]) -> None:
+        if id(exception) in seen:
+            return
+        seen.add(id(exception))
+        for frame in exception.stack:
+            for name in list(frame.locals or ()):
+                if self._scrubber.keys.mentions(name):
+                    frame.locals[name] = self._scrubber.replacement  # type: ignore[index]
+        for other in (exception.__cause__, exception.__context__, *(exception.exceptions or ())):
+            if other is not None:
+                self._locals(other, seen)
 
 
 def _repr(value: object) -> str:
@@ -269,7 +321,8 @@ def build_processors(
 ) -> tuple[list[Processor], Processor]:
     """The shared processors (context, level, time, exceptions, redaction) and the renderer."""
     redactor = PIIRedactor(additional_pii_patterns, replacement, extra_params=extra_params)
-    scrub = redactor.scrubber.text
+    scrubber = redactor.scrubber
+    scrub = scrubber.text
     shared: list[Processor] = [
         structlog.contextvars.merge_contextvars,
         add_request_id,
@@ -280,12 +333,12 @@ def build_processors(
     renderer: Processor
     if log_format == "console" or development:
         console = structlog.dev.ConsoleRenderer(
-            colors=development, exception_formatter=_ScrubbedTraceback(scrub, traceback_locals)
+            colors=development, exception_formatter=_ScrubbedTraceback(scrubber, traceback_locals)
         )
         renderer = _SafeRenderer(console, scrub)
     else:
         # rendered before redaction, so messages, tracebacks and locals are scrubbed
-        shared.append(_JsonExceptions(traceback_locals))
+        shared.append(_JsonExceptions(traceback_locals, scrubber))
         # The redactor leaves only JSON-safe values, keys strings, and objects
         # whose repr holds no secret (dates, UUIDs...): this prints those, and
         # is a second line for anything else.

@@ -161,11 +161,12 @@ class TestLogs:
     @FAST
     @given(secret=any_secrets, token=token_secrets, url_secret=url_secrets)
     @pytest.mark.parametrize("log_format", ["json", "console"])
+    @pytest.mark.parametrize("traceback_locals", [False, True], ids=["", "locals"])
     def test_no_secret_in_any_line(
-        self, log_format: str, secret: str, token: str, url_secret: str
+        self, log_format: str, traceback_locals: bool, secret: str, token: str, url_secret: str
     ) -> None:
         out = io.StringIO()
-        configure_logging("DEBUG", log_format, stream=out)
+        configure_logging("DEBUG", log_format, stream=out, traceback_locals=traceback_locals)
         try:
             _emit_everything(secret, token, url_secret)
         finally:

@@ -337,6 +337,61 @@ def span_attributes(attributes: dict[str, Any], **redact: Any) -> Any:
     return finished.attributes
 
 
+LONG_SECRET = "Kq9" + "s3cr3tpart" * 8  # puts the URL's '@' past 80 characters
+
+
+def _connect(password: str) -> None:
+    target = f"postgresql+asyncpg://app:{LONG_SECRET}@db.internal:5432/app"  # noqa: F841
+    auth_args = ("default", password)  # noqa: F841 - redis-py's name for it
+    args = ("AUTH", "default", password)  # noqa: F841 - redis-py's send_command
+    sessions = [password]  # noqa: F841
+    raise ConnectionError("could not connect")
+
+
+class TestTracebackLocals:
+    """traceback_locals: true, in both formats: what each local may show."""
+
+    @pytest.mark.parametrize("log_format", ["json", "console"])
+    def test_no_secret_in_any_local(self, log_format: str) -> None:
+        out = io.StringIO()
+        configure_logging("INFO", log_format, stream=out, traceback_locals=True)
+        try:
+            try:
+                _connect(LONG_SECRET)
+            except ConnectionError:
+                structlog.get_logger().exception("down")
+                logging.getLogger("lib").exception("down")
+        finally:
+            reset_logging()
+        text = out.getvalue()
+        assert text.count("auth_args") == 2
+        assert "s3cr3tpart" not in text
+        assert "postgresql+asyncpg://app:***@db.internal:5432/app" in text
+
+    def test_json_locals_are_cut_after_scrubbing(self, lines: Any) -> None:
+        read = lines(traceback_locals=True)
+        try:
+            note = "x" * 200  # noqa: F841
+            1 / 0  # noqa: B018
+        except ZeroDivisionError:
+            structlog.get_logger().exception("boom")
+        shown = _frame(read()[0], "test_json_locals_are_cut_after_scrubbing")["locals"]["note"]
+        assert shown == "'" + "x" * 79 + "+122"
+
+    @pytest.mark.parametrize(
+        ("name", "mentions"),
+        [
+            ("auth_args", True), ("password_hash", True), ("apiKeyId", True), ("tokens", True),
+            ("session_factory", True), ("token_count", False), ("auth_method", False),
+            ("author_name", False), ("tokenizer", False), ("args", False), ("self", False),
+        ],
+    )  # fmt: skip
+    def test_which_local_names_mention_a_secret(self, name: str, mentions: bool) -> None:
+        from infrakit.scrub import KeyMatcher
+
+        assert KeyMatcher().mentions(name) is mentions
+
+
 class _Holder:
     def __repr__(self) -> str:
         return "Holder(user='ann', password=SecretThing(b'hunter2'), auth=['hunter3'])"
