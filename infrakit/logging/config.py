@@ -11,7 +11,7 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any, TextIO
+from typing import IO, Any, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor
@@ -267,11 +267,15 @@ def _validate(log_level: str, log_format: str) -> tuple[str, str]:
 
 
 #: Lists that receive a copy of every (redacted) event while a :func:`tap` is
-#: open (what ``infrakit.testing``'s ``captured_logs`` reads).
-_taps: list[list[dict[str, Any]]] = []
+#: open (what ``infrakit.testing``'s ``captured_logs`` reads). A tuple,
+#: replaced whole, so a thread tapping an event meanwhile sees one or the other.
+_taps: tuple[list[dict[str, Any]], ...] = ()
 #: The live processor chains of the current configuration (structlog's, and the
-#: stdlib formatter's), with the position just after redaction: a tap is put
-#: in there only while one is open, so production pipelines carry no test hook.
+#: stdlib formatter's), with the redactor's position: while a tap is open, the
+#: redactor there is swapped for one that also taps, so production pipelines
+#: carry no test hook. The swap assigns one item, never inserts or removes:
+#: threads iterating the chain meanwhile see the old processor or the new one,
+#: never a shifted list.
 _chains: list[tuple[list[Processor], int]] = []
 
 
@@ -284,13 +288,26 @@ def _tap(logger: object, method_name: str, event_dict: EventDict) -> EventDict:
     return event_dict
 
 
+class _Tapped:
+    """The redactor, then the tap."""
+
+    __slots__ = ("redactor",)
+
+    def __init__(self, redactor: Processor) -> None:
+        self.redactor = redactor
+
+    def __call__(self, logger: object, method_name: str, event_dict: EventDict) -> EventDict:
+        redacted = cast(EventDict, self.redactor(logger, method_name, event_dict))
+        return _tap(logger, method_name, redacted)
+
+
 def _place_tap() -> None:
     for chain, at in _chains:
-        present = _tap in chain
-        if _taps and not present:
-            chain.insert(at, _tap)
-        elif not _taps and present:
-            chain.remove(_tap)
+        current = chain[at]
+        if _taps and not isinstance(current, _Tapped):
+            chain[at] = _Tapped(current)
+        elif not _taps and isinstance(current, _Tapped):
+            chain[at] = current.redactor
 
 
 @contextmanager
@@ -298,15 +315,16 @@ def tap() -> Iterator[list[dict[str, Any]]]:
     """Every event logged inside the block, as the dicts the pipeline rendered
     (redacted), structlog and stdlib alike, whether logging is configured
     before or during the block."""
+    global _taps  # noqa: PLW0603 - replaced whole, never changed in place
     events: list[dict[str, Any]] = []
     with _lock:
-        _taps.append(events)
+        _taps = (*_taps, events)
         _place_tap()
     try:
         yield events
     finally:
         with _lock:
-            _taps.remove(events)
+            _taps = tuple(t for t in _taps if t is not events)  # by identity: [] == []
             _place_tap()
 
 
@@ -386,7 +404,7 @@ def configure_logging(
         *shared,
     ]
     with _lock:
-        _chains[:] = [(processors, len(shared)), (foreign, len(foreign))]
+        _chains[:] = [(processors, len(shared) - 1), (foreign, len(foreign) - 1)]
         _place_tap()
         structlog.configure(
             processors=processors,

@@ -1,9 +1,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 import json
 import logging
+import sys
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -215,17 +219,20 @@ class TestTap:
     """Captured logs come from a tap that is in the pipeline only while open."""
 
     def test_no_hook_in_a_production_pipeline(self) -> None:
-        from infrakit.logging.config import _tap, tap
+        from infrakit.logging.config import _Tapped, tap
+
+        def tapped() -> bool:
+            return any(isinstance(p, _Tapped) for p in structlog.get_config()["processors"])
 
         stream = io.StringIO()
         configure_logging("INFO", stream=stream)
         try:
-            assert _tap not in structlog.get_config()["processors"]
+            assert not tapped()
             with tap() as events:
-                assert _tap in structlog.get_config()["processors"]
+                assert tapped()
                 structlog.get_logger().info("seen", password="x")
                 logging.getLogger("lib").warning("stdlib seen")
-            assert _tap not in structlog.get_config()["processors"]
+            assert not tapped()
             structlog.get_logger().info("not seen")
         finally:
             reset_logging()
@@ -242,3 +249,78 @@ class TestTap:
             finally:
                 reset_logging()
         assert [e["event"] for e in events] == ["late"]
+
+    @pytest.mark.parametrize("opening", [True, False], ids=["opening", "closing"])
+    def test_a_chain_being_run_is_never_shifted(self, opening: bool) -> None:
+        """What a thread running the chain (structlog's ``for processor in
+        chain``) sees when a tap opens or closes midway, replayed without
+        threads: every processor once, the renderer last (a shifted list ran
+        the renderer twice, or skipped it)."""
+        from infrakit.logging.config import tap
+
+        configure_logging("INFO", stream=io.StringIO())
+        try:
+            chain = structlog.get_config()["processors"]
+            renderer = chain[-1]
+            with contextlib.ExitStack() as taps:
+                if not opening:
+                    taps.enter_context(tap())
+                running = iter(chain)
+                # opening: the renderer is running; closing: the tap is
+                seen = [next(running) for _ in range(len(chain) - (0 if opening else 1))]
+                if opening:
+                    taps.enter_context(tap())
+                else:
+                    taps.close()
+                seen += list(running)
+        finally:
+            reset_logging()
+        assert seen[-1] is renderer
+        assert seen.count(renderer) == 1
+
+    def test_taps_open_and_close_while_threads_log(self) -> None:
+        """Opening and closing taps swaps one processor in the live chains:
+        threads logging meanwhile never run a shifted chain (which fed the
+        renderer's string to the next processor, a TypeError)."""
+        from infrakit.logging.config import tap
+
+        stream = io.StringIO()
+        configure_logging("INFO", stream=stream)
+        errors: list[BaseException] = []
+        stop, started = threading.Event(), threading.Event()
+
+        def work(n: int) -> None:
+            log, stdlib = structlog.get_logger(), logging.getLogger(f"lib{n}")
+            try:
+                while not stop.is_set():
+                    log.info("structlog", n=n)
+                    stdlib.warning("stdlib %d", n)
+                    started.set()
+            except BaseException as error:
+                errors.append(error)
+            finally:
+                started.set()
+
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads as often as possible
+        err = io.StringIO()
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(4)]
+        try:
+            with contextlib.redirect_stderr(err):
+                for thread in threads:
+                    thread.start()
+                started.wait()
+                for _ in range(2000):
+                    with tap(), tap():
+                        time.sleep(0)
+                stop.set()
+                for thread in threads:
+                    thread.join()
+        finally:
+            stop.set()
+            sys.setswitchinterval(interval)
+            reset_logging()
+        assert errors == []
+        assert "Logging error" not in err.getvalue()
+        lines = [json.loads(line) for line in stream.getvalue().splitlines()]
+        assert {line["event"].split()[0] for line in lines} == {"structlog", "stdlib"}
