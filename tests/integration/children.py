@@ -6,6 +6,12 @@ SIGKILL or pytest-timeout's hard exit, the kernel kills the server too
 instead of leaving it on its port. (``setpriv`` sets the signal after any
 change of user, which would otherwise clear it, and needs no ``preexec_fn``,
 which is unsafe in a process with threads.)
+
+The kernel sends that signal when the *thread* that forked the child exits,
+not the process: a server started from ``asyncio.to_thread`` or any
+short-lived thread would be killed as soon as that thread ended. So every
+child is forked by one thread kept for the whole run (``_spawner``), whatever
+thread asks for it; that thread ends only with the process.
 """
 
 from __future__ import annotations
@@ -14,21 +20,31 @@ import shutil
 import signal
 import subprocess
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+
+#: The one thread that forks every child: never shut down, so it lives as long
+#: as the process (its idle worker waits for work and never exits on its own).
+_spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="children-spawner")
 
 
 def spawn(
     cmd: Sequence[str], *, user: str | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` (as ``user`` if given) as a child that dies with this process."""
+    """Start ``cmd`` (as ``user`` if given) as a child that dies with this
+    process, from whichever thread this is called."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         raise RuntimeError("setpriv (util-linux) is not installed")
     prefix = [setpriv, "--pdeathsig", "KILL"]
     if user is not None:
         prefix += ["--reuid", user, "--regid", user, "--init-groups"]
+    return _spawner.submit(_popen, [*prefix, "--", *cmd], log).result()
+
+
+def _popen(argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
     with open(log or "/dev/null", "ab") as out:
-        return subprocess.Popen([*prefix, "--", *cmd], stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
 
 
 def stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:
