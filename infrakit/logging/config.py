@@ -17,7 +17,7 @@ import structlog
 from structlog.typing import EventDict, Processor
 
 from infrakit.logging.context import add_request_id, add_trace_context
-from infrakit.logging.redaction import REDACTED, PIIRedactor
+from infrakit.logging.redaction import REDACTED, PIIRedactor, safe_repr
 from infrakit.scrub import Scrubber
 from infrakit.values import LOG_LEVELS
 
@@ -211,13 +211,6 @@ class _ScrubbedTraceback:
                 self._locals(other, seen)
 
 
-def _repr(value: object) -> str:
-    try:
-        return repr(value)
-    except Exception as error:  # noqa: BLE001 - logging must never raise into the caller
-        return f"<{type(value).__name__} (repr failed: {type(error).__name__})>"
-
-
 def _json_default(scrub: Callable[[str], str]) -> Callable[[object], str]:
     """The JSON renderer's ``default``: an object's ``__structlog__`` or its
     ``repr`` (as structlog's own), scrubbed."""
@@ -227,7 +220,7 @@ def _json_default(scrub: Callable[[str], str]) -> Callable[[object], str]:
         if callable(hook):
             with contextlib.suppress(Exception):
                 return scrub(str(hook(value)))
-        return scrub(_repr(value))
+        return scrub(safe_repr(value))
 
     return default
 

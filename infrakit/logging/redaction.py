@@ -204,11 +204,11 @@ class PIIRedactor:
             try:
                 shown = hook(value)
             except Exception:  # noqa: BLE001 - a broken hook must not break the call
-                return self._scrub(_safe_repr(value))
+                return self._scrub(safe_repr(value))
             return self._value(shown, depth + 1)
         if isinstance(value, enum.Enum | PurePath):
             # kept when their repr (what the renderers print) holds no secret
-            text = _safe_repr(value)
+            text = safe_repr(value)
             scrubbed = self._scrub(text)
             return value if scrubbed is text else scrubbed
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
@@ -223,7 +223,7 @@ class PIIRedactor:
                 return self._mapping(dump(), depth, force_copy=True)
         # Anything else reaches the output as its repr (what the JSON and console
         # renderers would print): render it now, through the scrubber.
-        return self._scrub(_safe_repr(value))
+        return self._scrub(safe_repr(value))
 
     def _sequence(self, value: list[Any] | tuple[Any, ...], depth: int) -> Any:
         out: list[Any] | None = None
@@ -301,7 +301,7 @@ def _key(key: object) -> str:
         return key
     if isinstance(key, bytes | bytearray):
         return bytes(key).decode("latin-1")
-    return _safe_repr(key) if not isinstance(key, str | int | float) else str(key)
+    return safe_repr(key) if not isinstance(key, str | int | float) else str(key)
 
 
 def _safe_str(value: object) -> str:
@@ -311,7 +311,8 @@ def _safe_str(value: object) -> str:
         return f"<{type(value).__name__} (str failed: {type(error).__name__})>"
 
 
-def _safe_repr(value: object) -> str:
+def safe_repr(value: object) -> str:
+    """``repr(value)``, or a note of what failed: a log call never raises."""
     try:
         return repr(value)
     except Exception as error:  # noqa: BLE001 - a broken __repr__ must not break the log call
