@@ -271,8 +271,8 @@ def is_sensitive_key(key: object, extra_patterns: Iterable[str] = ()) -> bool:
 # --- URLs --------------------------------------------------------------------------
 
 _SCHEME = re.compile(r"[A-Za-z][\w+.\-]*://")
-# a '?' or '#' that starts real parameters ("?name=")
-_QUERY_START = re.compile(r"[?#](?=[\w.\-%~+\[\]]+=)")
+# a '?' or '#' that starts real parameters ("?name=", the name a word)
+_QUERY_START = re.compile(r"[?#](?=[A-Za-z_][\w.\-%~+\[\]]*=)")
 _HOST = r"(?:\[[0-9A-Fa-f:.]+(?:%[\w.~\-]+)?\]|[\w.~%!$'*+\-]*)(?::\d*)?"
 # host[:port][,host[:port]]... (IPv6 in brackets), ending the authority
 _AUTHORITY = re.compile(rf"{_HOST}(?:,{_HOST})*(?=[/?#]|\Z)")
@@ -282,6 +282,23 @@ def _user_ok(userinfo: str) -> bool:
     """A user name (before the first ``:``) never holds ``/``, ``?`` or ``#``."""
     username = userinfo.partition(":")[0]
     return not any(c in username for c in "/?#")
+
+
+def _plausible(after: str, host: re.Match[str]) -> bool:
+    """``host`` (an authority match in ``after``) names a host, is followed
+    by a path, and its ports are real ones (1-65535, no leading zero), as a
+    password's characters would seldom be."""
+    if after[host.end() : host.end() + 1] != "/":
+        return False
+    for part in host.group(0).split(","):
+        tail = part.rsplit("]", 1)[-1]
+        if not part or part.startswith(":"):
+            return False  # no host name
+        if ":" in tail:
+            port = tail.rsplit(":", 1)[1]
+            if not port or port[0] == "0" or int(port) > 65535:
+                return False
+    return True
 
 
 def _split(url: str) -> tuple[str, str | None, str] | None:
@@ -294,10 +311,14 @@ def _split(url: str) -> tuple[str, str | None, str] | None:
     ``?`` or even an unencoded ``@`` is taken whole, while an ``@`` in a path
     or query value (``https://h/users/@me``, ``redis://h:6379/0?name=svc@x``)
     is no user-info. A URL whose authority is empty (``sqlite:///path``) has
-    none either. Where nothing parses (``http://:pw@h:x/0``), the user-info
-    runs to the last ``@`` before the query: more is masked, not less. (A
-    password holding ``?name=`` or ``#name=`` is beyond any parser:
-    percent-encode it.)
+    none either. Where an ``@`` follows the query start, the split is
+    ambiguous (a password may hold ``?name=``): only a host with a path and
+    real ports after it is taken, so ``redis://h:6379/0?name=svc@x`` keeps its
+    host while ``app:00000?0=@db`` is masked. Where nothing parses
+    (``http://:pw@h:x/0``), the user-info runs to the last ``@`` before the
+    query: more is masked, not less. (A password shaped like a port, a path
+    and parameters, ``6379/0?name=x``, is beyond any parser: percent-encode
+    it.)
     """
     scheme = _SCHEME.match(url)
     if scheme is None:
@@ -307,11 +328,23 @@ def _split(url: str) -> tuple[str, str | None, str] | None:
         return head, None, after
     ends = [m.start() for m in _QUERY_START.finditer(after)]
     ends.append(len(after))
+    host = _AUTHORITY.match(after)
     for end in ends:
+        # an '@' at or after this query start makes the split ambiguous: a
+        # password may hold "?name=" too. Then only a host with a usable port
+        # and a path after it ends the user-info or the authority, else the
+        # next query start (or the end) is tried: more is masked, not less.
+        later = after.find("@", end)
         at = after.rfind("@", 0, end)
-        if at != -1 and _user_ok(after[:at]) and _AUTHORITY.match(after, at + 1):
-            return head, after[:at], after[at + 1 :]
-        if _AUTHORITY.match(after):  # any '@' is in the path or the query
+        if at != -1 and _user_ok(after[:at]):
+            found = _AUTHORITY.match(after, at + 1)
+            if found is not None and (later == -1 or _plausible(after, found)):
+                return head, after[:at], after[at + 1 :]
+        if (
+            host is not None
+            and after[host.end() : host.end() + 1] == "/"  # any '@' in the path or query
+            and (later == -1 or (_plausible(after, host) and after[later - 1] not in "=?&#"))
+        ):
             return head, None, after
     at = after.rfind("@", 0, ends[0])
     if at == -1 or not _user_ok(after[:at]):
@@ -611,6 +644,10 @@ class Scrubber:
                 or ("%" in value and (url := unquote(value)) != self.mask_url(url))
             ):
                 return f"{match.group('lead')}{match.group('name')}={mask}"
+            if "?" in value:  # parameters inside this value ("?next=/x?token=...")
+                return f"{match.group('lead')}{match.group('name')}=" + self._masked_params(
+                    value, mask
+                )
             return match.group(0)
 
         return _PARAM.sub(one, text)
@@ -661,9 +698,10 @@ class Scrubber:
         same object when nothing changed."""
         out = text
         if "=" in out or ":" in out:
-            out = self._pairs(out)
-            if "://" in out:
+            # URLs first: a password may itself read as "name:" ("u:PASSWORD:@h")
+            if "//" in out:
                 out = self._urls(out)
+            out = self._pairs(out)
         if "earer" in out or "EARER" in out or "asic" in out or "ASIC" in out:
             out = _CREDENTIAL.sub(lambda m: m.group(1) + self.replacement, out)
         if "eyJ" in out:
@@ -702,8 +740,8 @@ class Scrubber:
                 start += 1
             in_query = not quote and text[at] == "=" and name_match.group(4) in ("?", "&", "#")
             end = _value_end(text, start, in_query)
-            if end == start:
-                continue  # no value
+            if end == start or text[start:end] in (MASK, self.replacement):
+                continue  # no value, or one masked already (a URL's, say)
             quote = text[start] if text[start] in "'\"" else ""
             pieces.append(text[done:start])
             pieces.append(quote + self.replacement + quote)
@@ -732,24 +770,32 @@ class Scrubber:
         return "".join(pieces)
 
     def _urls(self, text: str) -> str:
+        """Every URL in ``text`` masked, and every ``//user:password@host`` that
+        lost its scheme's ``:`` (``redis//:pw@h``, a typo in a profile)."""
         pieces: list[str] = []
         done = 0
-        at = text.find("://")
+        at = text.find("//")
         while at != -1:
-            start = at
-            while start > done and text[start - 1] in _SCHEME_CHARS:
-                start -= 1
-            while start < at and not text[start].isalpha():
-                start += 1
-            tail = _URL_TAIL.match(text, at + 3)
-            end = tail.end() if tail is not None else at + 3
-            if start < at:
-                masked = self.mask_url(text[start:end])
-                if masked != text[start:end]:
-                    pieces.append(text[done:start])
-                    pieces.append(masked)
-                    done = end
-            at = text.find("://", max(end, at + 3))
+            tail = _URL_TAIL.match(text, at + 2)
+            end = tail.end() if tail is not None else at + 2
+            if at > 0 and text[at - 1] == ":":  # scheme://
+                start = at - 1
+                while start > done and text[start - 1] in _SCHEME_CHARS:
+                    start -= 1
+                while start < at - 1 and not text[start].isalpha():
+                    start += 1
+                masked = self.mask_url(text[start:end]) if start < at - 1 else text[start:end]
+            else:
+                start = at
+                authority = text[at:end]
+                masked = authority
+                if "@" in authority and ":" in authority:
+                    masked = self.mask_url("x:" + authority)[2:]
+            if masked != text[start:end]:
+                pieces.append(text[done:start])
+                pieces.append(masked)
+                done = end
+            at = text.find("//", max(end, at + 2))
         if not pieces:
             return text
         pieces.append(text[done:])

@@ -530,6 +530,10 @@ class TestTextRules:
             ("secret=(cut short by trunc", "secret=[REDACTED]"),
             # ... but in a URL query, '&' and '#' end it
             ("/x?password=pa&b=1#frag", "/x?password=[REDACTED]&b=1#frag"),
+            # a URL that lost its scheme's ':' (a typo in a profile)
+            ("'redis//:s3cr3t@h:6379'", "'redis//:***@h:6379'"),
+            # a password that reads as "name:" is the URL's, not a pair's
+            ("postgresql+asyncpg://app:PASSWORD:@db/app", "postgresql+asyncpg://app:***@db/app"),
             # URLs inside or right after another URL
             ("GET https://app/login?next=https://u:hunter2@internal/x 302",
              "GET https://app/login?next=https://u:***@internal/x 302"),
@@ -563,6 +567,15 @@ class TestTextRules:
              "postgresql://u:***@h1:5432,h2:5433/db?target_session_attrs=any"),
             ("redis://:pw@[::1]:6379/0", "redis://:***@[::1]:6379/0"),
             ("http://:pw@h:x/0", "http://:***@h:x/0"),  # no authority parses: mask anyway
+            # an '@' after "?name=": a password holding "?name=" unless a path
+            # and a real port show the host
+            ("postgresql+asyncpg://app:00000?0=@db/app", "postgresql+asyncpg://app:***@db/app"),
+            ("postgresql+asyncpg://app:@0000?0=@db/app", "postgresql+asyncpg://app:***@db/app"),
+            ("postgresql+asyncpg://app:0000/?0=@db/app", "postgresql+asyncpg://app:***@db/app"),
+            ("postgresql+asyncpg://app:1234/?0=@db/app", "postgresql+asyncpg://app:***@db/app"),
+            ("https://h:443/x?email=a@b.com", "https://h:443/x?email=***"),
+            # parameters inside a parameter's value
+            ("https://h/cb?next=/a?token=x&b=1", "https://h/cb?next=/a?token=***&b=1"),
             ("https://app/login?next=https://u:hunter2@internal/x",
              "https://app/login?next=https://u:***@internal/x"),
             ("https://gw/x,redis://:hunter2@c", "https://gw/x,redis://:***@c"),
