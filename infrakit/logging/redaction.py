@@ -177,6 +177,10 @@ class PIIRedactor:
         # Exact-type checks first: ABC isinstance checks cost more than the walk.
         if kind is dict:
             return self._mapping(value, depth)
+        if kind is tuple and len(value) == 2 and type(value[0]) in (str, bytes):
+            if self._keys(value[0]):  # a (name, value) pair, as in header lists
+                return (_key(value[0]), self.replacement)
+            return self._sequence(value, depth)
         if kind is list or kind is tuple:
             return self._sequence(value, depth)
         if kind in _KEPT:  # their repr holds no text of anyone's choosing
@@ -232,16 +236,7 @@ class PIIRedactor:
             kind = type(item)
             if kind in _PLAIN or (kind is str and texts.get(item) is SAME):
                 continue
-            if (
-                kind is tuple
-                and len(item) == 2
-                and type(item[0]) in (str, bytes)
-                and self._keys(item[0])
-            ):
-                # a (name, value) pair, as in ASGI/WSGI header lists
-                new: Any = (_key(item[0]), self.replacement)
-            else:
-                new = self._value(item, depth + 1)
+            new = self._value(item, depth + 1)
             if new is not item:
                 if out is None:
                     out = list(value)

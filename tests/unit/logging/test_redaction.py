@@ -170,6 +170,18 @@ class TestRedactor:
         assert out["dsn_target"] == "postgresql://app:***@db/app"
         assert out["note"] == "a@b"
 
+    def test_a_name_value_pair_anywhere(self) -> None:
+        out = self.redact(
+            {
+                "header": ("X-Api-Key", "k1"),
+                "user": {"auth": 1, "h": (b"cookie", b"c")},
+                "t": ("a", "b"),
+            }
+        )
+        assert out["header"] == ("X-Api-Key", REDACTED)
+        assert out["user"] == {"auth": REDACTED, "h": ("cookie", REDACTED)}
+        assert out["t"] == ("a", "b")
+
     def test_keys_are_scrubbed_too(self) -> None:
         event = {
             "event": "health",
