@@ -318,11 +318,13 @@ class TestNotSecrets:
         assert stdlib["logger"] == "infrakit.tokens"
         assert (usage["input_tokens"], usage["tokens"]) == (812, 900)
         with pytest.raises(ConfigError) as caught:
-            load_settings("test", overrides={"tokens.socket_timeout_s": "soon"})
+            load_settings(
+                "test", overrides={"tokens.backend": "redis", "tokens.socket_timeout_s": "soon"}
+            )
         assert "(got 'soon')" in str(caught.value)
 
 
-def span_attributes(attributes: dict[str, Any], **redact: Any) -> Any:
+def exported_attributes(attributes: dict[str, Any], **redact: Any) -> Any:
     """The attributes of one span as the exporter received them."""
     provider = TelemetryProvider(
         TelemetrySettings(exporter="memory"), ServiceSettings(), redact=RedactSettings(**redact)
@@ -433,14 +435,14 @@ class TestSpanAttributes:
     """The URL-shaped attributes of spans."""
 
     def test_http_target_like_url_query(self) -> None:
-        attributes = span_attributes(
+        attributes = exported_attributes(
             {"http.target": "/blob?sv=2022&sig=AZURESIG123&ticket=T1&page=2"},
             extra_params=["ticket"],
         )
         assert attributes["http.target"] == "/blob?sv=REDACTED&sig=REDACTED&ticket=REDACTED&page=2"
 
     def test_url_full_with_a_url_inside(self) -> None:
-        attributes = span_attributes(
+        attributes = exported_attributes(
             {"url.full": "https://app/login?next=https://u:hunter2@internal/x&token=t1"}
         )
         assert attributes["url.full"] == (
