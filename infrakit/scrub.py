@@ -588,7 +588,7 @@ class Scrubber:
     the span scrubber build one from the profile.
     """
 
-    __slots__ = ("_colons", "_equals", "keys", "params", "replacement", "texts")
+    __slots__ = ("_separators", "keys", "params", "replacement", "texts")
 
     #: Short strings repeat endlessly in logs and spans ("POST", "eu-west-1", an
     #: event name): :meth:`remember` keeps their answer in a bounded table.
@@ -607,10 +607,10 @@ class Scrubber:
                 raise ValueError(f"redaction pattern must be a non-empty key name, got {pattern!r}")
         self.keys = KeyMatcher([*DEFAULT_PATTERNS, *extra]) if extra else _default_keys
         self.params = SENSITIVE_PARAMS | {p.lower() for p in extra_params}
-        # the separators a key pattern or a parameter name could end before
-        self._equals, self._colons = _separator_regexes(
-            self.keys.patterns | {f for f in map(_fold, self.params) if f}, self.keys.short_ends
-        )
+        #: the regexes finding the separators a key pattern or a parameter name
+        #: could end before; compiled (~30 ms) when free text first needs them,
+        #: not at import
+        self._separators: tuple[re.Pattern[str], re.Pattern[str]] | None = None
         self.replacement = replacement
         #: text -> :data:`SAME` or its scrubbed form; read directly on hot paths
         self.texts: dict[str, object] = {}
@@ -716,9 +716,16 @@ class Scrubber:
         pieces: list[str] = []
         done = 0  # text[:done] is in pieces
         backwards = ""  # the text reversed, made once a name needs reading
-        found = [m.start() for m in self._equals.finditer(text)] if "=" in text else []
+        separators = self._separators
+        if separators is None:
+            separators = self._separators = _separator_regexes(
+                self.keys.patterns | {f for f in map(_fold, self.params) if f},
+                self.keys.short_ends,
+            )
+        equals, colons = separators
+        found = [m.start() for m in equals.finditer(text)] if "=" in text else []
         if ":" in text:
-            found += [m.start() for m in self._colons.finditer(text)]
+            found += [m.start() for m in colons.finditer(text)]
             found.sort()
         for at in found:
             if at < done:

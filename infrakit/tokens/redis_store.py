@@ -383,7 +383,10 @@ class RedisTokenStore(TokenStore):
         """Check that Redis answers (the container calls this at start-up)."""
         result = await self.health_check()
         if not result.ok:
-            raise TokenStoreError(f"cannot reach Redis at {self.url}: {result.error}")
+            hint = ""
+            if self.cluster and "cluster mode is not enabled" in (result.error or "").lower():
+                hint = " (tokens.cluster is true but this server is not a Redis Cluster node)"
+            raise TokenStoreError(f"cannot reach Redis at {self.url}: {result.error}{hint}")
 
     async def aclose(self) -> None:
         if self._client is not None:
@@ -414,12 +417,14 @@ class RedisTokenStore(TokenStore):
         )
 
     async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        from redis.exceptions import RedisError
+        from redis.exceptions import RedisClusterException, RedisError
 
         cancels = _cancel_requests()
         try:
             result = await operation()
-        except (RedisError, OSError, TimeoutError) as error:
+        # RedisClusterException is not a RedisError ("Cluster mode is not
+        # enabled on this node", no reachable startup node)
+        except (RedisError, RedisClusterException, OSError, TimeoutError) as error:
             # a connection torn down by the cancellation is not an outage
             _honour_cancel(cancels)
             raise self._error(what, error) from error

@@ -85,6 +85,20 @@ class TestRedisCluster(TokenStoreContract):
         assert len(slots) > 10  # users spread over the cluster
         await store.aclose()
 
+    async def test_cluster_against_a_standalone_server(self, stores: Stores) -> None:
+        """``tokens.cluster: true`` against a plain Redis is a TokenStoreError
+        saying so (redis-py's RedisClusterException is not a RedisError)."""
+        store = stores(REDIS_URL, cluster=True, connect_timeout_s=5)
+        with pytest.raises(TokenStoreError) as caught:
+            await store.start()
+        assert "not a Redis Cluster node" in str(caught.value)
+        with pytest.raises(TokenStoreError):
+            await store.is_revoked("j")
+        health = await store.health_check()
+        assert not health.ok
+        assert health.error is not None
+        assert "Cluster mode is not enabled" in health.error
+
 
 class TestRedisSentinel(TokenStoreContract):
     """RedisTokenStore through a Sentinel URL keeps the contract."""
