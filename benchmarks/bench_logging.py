@@ -32,7 +32,9 @@ from _util import verdict
 from infrakit.logging import configure_logging, reset_logging
 
 
-class _Null(io.TextIOBase):
+class _Null(io.StringIO):
+    """A text stream that keeps nothing."""
+
     def write(self, s: str) -> int:
         return len(s)
 
@@ -91,12 +93,14 @@ def plain_logger(*, exceptions: bool = False) -> structlog.typing.FilteringBound
         logger_factory=structlog.WriteLoggerFactory(file=_Null()),
         cache_logger_on_first_use=False,
     )
-    return structlog.get_logger()
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger()
+    return logger
 
 
 def kit_logger() -> structlog.typing.FilteringBoundLogger:
     configure_logging("INFO", "json", stream=_Null())
-    return structlog.get_logger()
+    logger: structlog.typing.FilteringBoundLogger = structlog.get_logger()
+    return logger
 
 
 def _event(log: structlog.typing.FilteringBoundLogger) -> None:

@@ -22,6 +22,7 @@ import functools
 import sys
 import time
 import timeit
+from collections.abc import MutableMapping
 from typing import Any
 
 from _util import verdict
@@ -31,6 +32,7 @@ from starlette.routing import Route
 
 from infrakit.settings.models import ServiceSettings, TelemetrySettings
 from infrakit.telemetry import TelemetryProvider, TracingMiddleware, reset_telemetry, traced
+from infrakit.telemetry.exporters.otlp import OtlpTelemetrySettings
 from infrakit.testing.otlp import OtlpReceiver
 
 
@@ -62,7 +64,7 @@ async def _receive() -> dict[str, Any]:
     return {"type": "http.request", "body": b"", "more_body": False}
 
 
-async def _send(message: dict[str, Any]) -> None:
+async def _send(message: MutableMapping[str, Any]) -> None:
     return None
 
 
@@ -207,7 +209,9 @@ async def bench_collector_trouble(n: int = 1000, rounds: int = 20) -> bool:
     }
     providers = {
         name: TelemetryProvider(
-            TelemetrySettings(exporter="otlp", endpoint=url, timeout_s=1.0, max_queue_size=256),
+            OtlpTelemetrySettings.model_validate(
+                {"endpoint": url, "timeout_s": 1.0, "max_queue_size": 256}
+            ),
             ServiceSettings(name="trouble"),
         )
         for name, url in endpoints.items()

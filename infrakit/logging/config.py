@@ -115,9 +115,10 @@ class UTCTimestamper:
         second = int(now)
         cached_second, prefix = self._cached  # one tuple: safe across threads
         if second != cached_second:
-            prefix = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(second))
+            prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
             self._cached = (second, prefix)
-        event_dict["timestamp"] = f"{prefix}.{int((now - second) * 1_000_000):06d}Z"
+        # (%d truncates the float as int() would, at two thirds of the cost)
+        event_dict["timestamp"] = "%s%06dZ" % (prefix, (now - second) * 1_000_000)  # noqa: UP031
         return event_dict
 
 
