@@ -11,13 +11,19 @@ Fixtures:
   (one is installed if none runs).
 
 ``override(infra, tokens=double)`` swaps components for a ``with`` block.
+
+The two async fixtures are pytest-asyncio fixtures when pytest-asyncio is
+installed, so they work in its default ``strict`` mode (tests marked
+``@pytest.mark.asyncio``) as in ``auto`` mode. Without pytest-asyncio they are
+plain coroutine fixtures, which anyio's pytest plugin runs for tests marked
+``@pytest.mark.anyio``.
 """
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from contextlib import AbstractContextManager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -32,13 +38,21 @@ __all__ = ["InfraFactory", "override"]
 
 InfraFactory = Callable[..., Awaitable[Infra]]
 
+if TYPE_CHECKING:
+    from pytest_asyncio import fixture as _async_fixture
+else:
+    try:  # strict mode runs only async fixtures declared through pytest-asyncio
+        from pytest_asyncio import fixture as _async_fixture
+    except ImportError:  # exercised by the plugin's pytester tests
+        _async_fixture = pytest.fixture
+
 
 def override(infra: Infra, **components: Any) -> AbstractContextManager[Infra]:
     """Swap components of ``infra`` for the ``with`` block (see ``Infra.override``)."""
     return infra.override(**components)
 
 
-@pytest.fixture
+@_async_fixture
 async def infra_factory() -> AsyncIterator[InfraFactory]:
     """``await infra_factory(profile="test", overrides={...})``: a started Infra,
     stopped after the test (``environ`` defaults to empty, so the machine's
@@ -62,7 +76,7 @@ async def infra_factory() -> AsyncIterator[InfraFactory]:
         reset_logging()
 
 
-@pytest.fixture
+@_async_fixture
 async def infra(infra_factory: InfraFactory) -> Infra:
     """An Infra on the ``test`` profile (all in memory), started and stopped per test."""
     return await infra_factory("test")

@@ -67,3 +67,36 @@ def test_plugin_fixtures_work_for_users(pytester: pytest.Pytester) -> None:
     )
     result = pytester.runpytest_subprocess("-p", "no:cacheprovider")
     result.assert_outcomes(passed=6)
+
+
+def _marked(marker: str) -> str:
+    """USER_TESTS with every async test marked, as strict mode and anyio want."""
+    body = USER_TESTS.replace("async def test_", f"@pytest.mark.{marker}\nasync def test_")
+    return "import pytest\n" + body
+
+
+def test_plugin_fixtures_work_in_strict_mode(pytester: pytest.Pytester) -> None:
+    """pytest-asyncio's default mode: no asyncio_mode line, tests marked asyncio
+    (before, every test using infra failed: 'requested an async fixture')."""
+    pytester.makepyfile(test_user=_marked("asyncio"))
+    pytester.makeini("[pytest]\nasyncio_default_fixture_loop_scope = function\n")
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-W", "error")
+    result.assert_outcomes(passed=6)
+    assert "strict" in result.stdout.str()  # the mode really was strict
+
+
+def test_plugin_fixtures_work_without_pytest_asyncio(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """No pytest-asyncio at all (its import fails, its plugin is off): the
+    fixtures are plain coroutine fixtures, run by anyio's plugin."""
+    hidden = pytester.mkpydir("hidden") / "pytest_asyncio"
+    hidden.mkdir()
+    (hidden / "__init__.py").write_text("raise ImportError('not installed here')\n")
+    monkeypatch.setenv("PYTHONPATH", str(hidden.parent))
+    pytester.makepyfile(
+        test_user=_marked("anyio")
+        + "\n\n@pytest.fixture\ndef anyio_backend():\n    return 'asyncio'\n"
+    )
+    result = pytester.runpytest_subprocess("-p", "no:cacheprovider", "-p", "no:asyncio")
+    result.assert_outcomes(passed=6)
