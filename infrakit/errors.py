@@ -23,6 +23,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from infrakit.values import install_line
+
 __all__ = [
     "AuditError",
     "ConfigError",
@@ -115,7 +117,7 @@ class MissingDependencyError(ConfigError):
             ConfigProblem(
                 f"{what} needs the Python package {module!r}, which is not installed",
                 key=key,
-                hint=f'pip install "infrakit[{extra}]"',
+                hint=install_line(extra),
             )
         )
 

@@ -6,7 +6,18 @@ import typing
 from datetime import UTC, datetime
 from typing import Literal
 
-__all__ = ["LOG_LEVELS", "LogLevel", "as_utc"]
+__all__ = ["DISTRIBUTION", "LOG_LEVELS", "LogLevel", "as_utc", "install_line"]
+
+#: The name infrakit is installed under (``infrakit`` on PyPI is another project);
+#: the import name and the command stay ``infrakit``.
+DISTRIBUTION = "infrakit-compose"
+
+
+def install_line(extra: str) -> str:
+    """The command that adds ``extra`` to an installed infrakit (pip reads the
+    extra's requirements from the installed distribution, wherever it came from)."""
+    return f'pip install "{DISTRIBUTION}[{extra}]"'
+
 
 #: The log levels a profile and ``configure_logging`` accept.
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]

@@ -20,6 +20,7 @@ from infrakit.registry import Backend
 from infrakit.scrub import SecretUrl, mask_url, parse_url, scrub_text
 from infrakit.settings.base import build
 from infrakit.settings.models import DatabaseSettings
+from infrakit.values import install_line
 
 if TYPE_CHECKING:
     from sqlalchemy.engine import URL
@@ -87,7 +88,7 @@ def _check_url(database_url: str) -> None:
         if not getattr(dialect, "is_async", False):
             raise ValueError(f"driver {name!r} is not an async driver; use an async one")
     elif importlib.util.find_spec(module) is None:
-        install = f'pip install "infrakit[{extra}]"' if extra else f"pip install {module}"
+        install = install_line(extra) if extra else f"pip install {module}"
         raise ValueError(
             f"driver {name!r} needs the {module!r} package, which is not installed: {install}"
         )

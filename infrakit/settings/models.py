@@ -26,7 +26,7 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from infrakit import registry
 from infrakit.settings.base import BackendSettings, Section
-from infrakit.values import LOG_LEVELS, LogLevel
+from infrakit.values import LOG_LEVELS, LogLevel, install_line
 
 __all__ = [
     "LOG_LEVELS",
@@ -264,7 +264,7 @@ def _installed(backend: registry.Backend) -> AfterValidator:
             extra = backend.extra or module
             raise ValueError(
                 f"the {backend.component} backend {backend.name!r} needs the {module!r} "
-                f'package, which is not installed: pip install "infrakit[{extra}]"'
+                f"package, which is not installed: {install_line(extra)}"
             )
         return value
 

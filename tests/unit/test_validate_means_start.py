@@ -102,7 +102,7 @@ class TestCaughtByValidation:
         code, text = validate(tmp_path, "tokens:\n  backend: redis\n", capsys)
         assert code == 1
         assert "p.yaml:2:3: tokens.backend:" in text
-        assert 'pip install "infrakit[redis]"' in text
+        assert 'pip install "infrakit-compose[redis]"' in text
 
 
 class TestTheContainerDeclaresTheWiring:

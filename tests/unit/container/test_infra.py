@@ -236,7 +236,7 @@ class TestGraphCheck:
         try:
             with pytest.raises(ConfigError) as exc:
                 rec_settings(**{"tokens.backend": "exotic"})
-            assert 'pip install "infrakit[exotic]"' in str(exc.value)
+            assert 'pip install "infrakit-compose[exotic]"' in str(exc.value)
             assert "tokens.backend" in str(exc.value)
         finally:
             registry.unregister_backend("tokens", "exotic")

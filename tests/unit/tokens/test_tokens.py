@@ -161,7 +161,8 @@ class TestWiring:
         )
         # reported by validation, naming the key and the pip line
         with pytest.raises(
-            ConfigError, match=r"tokens\.backend: .*needs the \'redis\' package.*infrakit\[redis\]"
+            ConfigError,
+            match=r"tokens\.backend: .*needs the \'redis\' package.*infrakit-compose\[redis\]",
         ):
             load_settings("test", environ={}, overrides={"tokens.backend": "redis"})
 
