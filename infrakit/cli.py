@@ -80,10 +80,29 @@ def _timeout(text: str) -> float:
 
 
 def _load(args: argparse.Namespace, profile: str | None = None) -> InfraSettings:
-    return load_settings(
+    settings = load_settings(
         profile if profile is not None else args.profile,
         profiles_dir=args.profiles_dir,
         overrides=_overrides(args.overrides),
+    )
+    _log_to_stderr(settings)
+    return settings
+
+
+def _log_to_stderr(settings: InfraSettings) -> None:
+    """The kit's own log lines (a migration applied while starting, say) go to
+    stderr through the profile's redacting pipeline: stdout is the command's
+    answer, which ``--json`` makes a document a program reads."""
+    from infrakit.logging import configure_logging
+
+    cfg = settings.logging
+    configure_logging(
+        cfg.level,
+        cfg.format,
+        additional_pii_patterns=cfg.redact.extra_patterns,
+        replacement=cfg.redact.replacement,
+        extra_params=cfg.redact.extra_params,
+        stream=sys.stderr,
     )
 
 
@@ -223,6 +242,9 @@ def cmd_check(args: argparse.Namespace) -> int:
     else:
         print(f"profile: {settings.profile}")
         _print_states(report)
+    if report.degraded:
+        # reported, but not a failure: requests do not wait on these
+        print(f"infrakit: degraded: {', '.join(report.degraded)}", file=sys.stderr)
     if not report.ok:
         print(f"infrakit: down: {', '.join(report.down)}", file=sys.stderr)
         return EXIT_FAILED

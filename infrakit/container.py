@@ -30,7 +30,7 @@ from dependency_injector import containers, providers
 from infrakit import registry
 from infrakit.component import Component
 from infrakit.errors import ConfigError, ConfigProblem, InfrastructureError, ShutdownError
-from infrakit.health import ComponentHealth, HealthReport, check_components
+from infrakit.health import ComponentHealth, HealthReport, check_components, trouble
 from infrakit.logging.config import configure_logging
 from infrakit.scrub import scrub_text
 from infrakit.settings.models import InfraSettings
@@ -374,7 +374,7 @@ class Infra:
                 except Exception as error:  # noqa: BLE001 - reported as down
                     reason = f"{type(error).__name__}: {error}".splitlines()[0]
                     failed[component] = ComponentHealth(
-                        component, name, "down", 0.0, scrub_text(reason)
+                        component, name, trouble(component), 0.0, scrub_text(reason)
                     )
             running = {
                 c: (_selected(self._settings, c), self.get(c))

@@ -10,11 +10,13 @@ being serialised, so a dead collector costs the application nothing.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import threading
 import time
-from collections.abc import Mapping
-from typing import Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
@@ -28,6 +30,7 @@ from infrakit.telemetry.exporters import ExportContext, Exporters, exporter_back
 __all__ = ["BACKEND", "OtlpTelemetrySettings"]
 
 _log = logging.getLogger("infrakit.telemetry")
+T = TypeVar("T")
 
 
 class OtlpTelemetrySettings(TelemetrySettings):
@@ -80,23 +83,91 @@ class OtlpTelemetrySettings(TelemetrySettings):
         return environ.get("OTEL_EXPORTER_OTLP_ENDPOINT", "http://localhost:4318")
 
     async def check(self, environ: Mapping[str, str]) -> HealthResult:
-        """Up unless the collector refuses a TCP connect."""
+        """Ask the collector a real OTLP question: an empty trace export, which a
+        collector answers with 200 (http/protobuf) or OK (gRPC). A port that
+        accepts connections but does not speak OTLP is not a collector."""
         start = time.perf_counter()
         endpoint = self.endpoint_for(environ)
-        parts = urlsplit(endpoint)
-        port = parts.port or (4317 if self.protocol == "grpc" else 4318)
+        headers = {k: v.get_secret_value() for k, v in self.headers.items()}
+        shown = f"collector at {mask_url(endpoint)}"
         try:
             async with asyncio.timeout(self.timeout_s):
-                _, writer = await asyncio.open_connection(parts.hostname or "localhost", port)
-                writer.close()
-                await writer.wait_closed()
-        except (OSError, TimeoutError) as error:
-            return HealthResult(
-                False,
-                (time.perf_counter() - start) * 1000,
-                f"collector at {mask_url(endpoint)} unreachable: {type(error).__name__}",
-            )
-        return HealthResult(True, (time.perf_counter() - start) * 1000)
+                if self.protocol == "grpc":
+                    answer = await _ask_grpc(endpoint, headers, self.timeout_s)
+                else:
+                    answer = await _in_thread(_ask_http, endpoint, headers, self.timeout_s)
+        except TimeoutError:
+            answer = f"did not answer within {self.timeout_s:g} s"
+        except Exception as error:  # noqa: BLE001 - a check reports, it never raises
+            answer = f"unreachable: {type(error).__name__}"
+        elapsed = (time.perf_counter() - start) * 1000
+        if answer is None:
+            return HealthResult(True, elapsed)
+        return HealthResult(False, elapsed, f"{shown} {answer}")
+
+
+def _ask_http(endpoint: str, headers: dict[str, str], timeout_s: float) -> str | None:
+    """POST an empty ExportTraceServiceRequest; None when the collector says 200."""
+    import requests  # the http/protobuf exporter's own client
+
+    response = requests.post(
+        f"{endpoint.rstrip('/')}/v1/traces",
+        data=b"",  # an empty ExportTraceServiceRequest is zero bytes
+        headers={**headers, "Content-Type": "application/x-protobuf"},
+        timeout=timeout_s,
+    )
+    response.close()
+    return None if response.status_code == 200 else f"answered HTTP {response.status_code}"
+
+
+async def _ask_grpc(endpoint: str, headers: dict[str, str], timeout_s: float) -> str | None:
+    """Call TraceService/Export with an empty request; None when it answers OK."""
+    import grpc
+    from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
+
+    parts = urlsplit(endpoint if "://" in endpoint else f"http://{endpoint}")
+    target = f"{parts.hostname or 'localhost'}:{parts.port or 4317}"
+    channel = (
+        grpc.aio.secure_channel(target, grpc.ssl_channel_credentials())
+        if parts.scheme == "https"
+        else grpc.aio.insecure_channel(target)
+    )
+    try:
+        stub = trace_service_pb2_grpc.TraceServiceStub(channel)  # type: ignore[no-untyped-call]
+        await stub.Export(
+            trace_service_pb2.ExportTraceServiceRequest(),
+            timeout=timeout_s,
+            metadata=tuple((k.lower(), v) for k, v in headers.items()),
+        )
+    except grpc.aio.AioRpcError as error:
+        return f"answered {error.code().name}"
+    finally:
+        await channel.close()
+    return None
+
+
+async def _in_thread(call: Callable[..., T], *args: Any) -> T:
+    """``call(*args)`` in a daemon thread of its own: a check that times out
+    leaves no thread for the event loop (or a CLI's exit) to wait on."""
+    loop = asyncio.get_running_loop()
+    future: asyncio.Future[T] = loop.create_future()
+
+    def settle(outcome: Callable[[], None]) -> None:
+        if not future.done():
+            outcome()
+
+    def run() -> None:
+        try:
+            result = call(*args)
+        except BaseException as error:  # noqa: BLE001 - handed to the awaiting task
+            outcome = functools.partial(future.set_exception, error)
+        else:
+            outcome = functools.partial(future.set_result, result)
+        with contextlib.suppress(RuntimeError):  # the loop closed meanwhile
+            loop.call_soon_threadsafe(settle, outcome)
+
+    threading.Thread(target=run, name="infrakit-otlp-check", daemon=True).start()
+    return await future
 
 
 class _CollectorState:

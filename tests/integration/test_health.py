@@ -1,0 +1,138 @@
+"""Health as orchestrators read it: up, degraded, down; the collector asked a real OTLP question."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+
+from infrakit import Infra, load_settings
+from infrakit.cli import main
+from infrakit.telemetry.exporters.otlp import OtlpTelemetrySettings
+from infrakit.testing.otlp import OtlpReceiver
+
+pytestmark = pytest.mark.integration
+
+CLOSED = "http://127.0.0.1:9"  # the discard port: nothing listens on loopback
+
+
+@pytest.fixture
+def receiver() -> Iterator[OtlpReceiver]:
+    with OtlpReceiver() as r:
+        yield r
+
+
+@pytest.fixture
+def not_a_collector() -> Iterator[str]:
+    """An HTTP server that accepts connections and answers, but not OTLP (501 to a POST)."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), BaseHTTPRequestHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def otlp(endpoint: str, protocol: str = "http/protobuf") -> OtlpTelemetrySettings:
+    return OtlpTelemetrySettings.model_validate(
+        {"exporter": "otlp", "endpoint": endpoint, "protocol": protocol, "timeout_s": 10}
+    )
+
+
+class TestCollectorQuestion:
+    """The telemetry check sends an empty export, as a collector would receive it."""
+
+    @pytest.mark.parametrize("protocol", ["http/protobuf", "grpc"])
+    async def test_a_collector_answers(self, receiver: OtlpReceiver, protocol: str) -> None:
+        endpoint = receiver.grpc_endpoint if protocol == "grpc" else receiver.http_endpoint
+        before = receiver.requests
+        result = await otlp(endpoint, protocol).check({})
+        assert result.ok, result.error
+        assert receiver.requests == before + 1  # the question reached the receiver
+
+    async def test_a_port_that_is_not_a_collector(self, not_a_collector: str) -> None:
+        """A TCP connect alone said 'up' here."""
+        result = await otlp(not_a_collector).check({})
+        assert not result.ok
+        assert result.error == f"collector at {not_a_collector} answered HTTP 501"
+
+    async def test_grpc_to_a_port_that_is_not_a_collector(self, not_a_collector: str) -> None:
+        result = await otlp(not_a_collector, "grpc").check({})
+        assert not result.ok
+        assert result.error is not None
+        assert result.error.startswith(f"collector at {not_a_collector} answered ")
+
+    async def test_nothing_listening(self) -> None:
+        result = await otlp(CLOSED).check({})
+        assert not result.ok
+        assert result.error == f"collector at {CLOSED} unreachable: ConnectionError"
+
+    async def test_the_secret_headers_are_sent_and_never_shown(self, not_a_collector: str) -> None:
+        settings = OtlpTelemetrySettings.model_validate(
+            {"exporter": "otlp", "endpoint": not_a_collector, "headers": {"x-api-key": "k3y"}}
+        )
+        result = await settings.check({})
+        assert "k3y" not in (result.error or "")
+
+
+def production(telemetry_endpoint: str, **overrides: object) -> dict[str, object]:
+    return {
+        "telemetry.endpoint": telemetry_endpoint,
+        "database.url": "sqlite+aiosqlite:///:memory:",
+        "database.auto_migrate": True,
+        "tokens.backend": "memory",
+        "logging.level": "WARNING",
+        **overrides,
+    }
+
+
+class TestDegraded:
+    """Telemetry trouble is reported as degraded and never fails readiness."""
+
+    async def test_collector_down_is_degraded_not_down(self) -> None:
+        settings = load_settings("production", environ={}, overrides=production(CLOSED))
+        async with Infra(settings) as infra:
+            report = await infra.health(timeout_s=10)
+        by_name = {c.component: c.status for c in report.components}
+        assert by_name == {
+            "telemetry": "degraded",
+            "database": "up",
+            "tokens": "up",
+            "audit": "up",
+        }
+        assert report.status == "degraded"
+        assert report.ok
+        assert report.degraded == ["telemetry"]
+        assert report.to_dict()["status"] == "degraded"
+
+    def test_check_exits_0_and_says_degraded(self, capsys: pytest.CaptureFixture[str]) -> None:
+        argv = ["check", "production", "--json", "--timeout", "10"]
+        for key, value in production(CLOSED).items():
+            argv += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code == 0, err
+        assert json.loads(out)["status"] == "degraded"
+        assert "degraded: telemetry" in err
+        assert "down:" not in err
+
+    def test_check_still_fails_when_the_database_is_down(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        url = "postgresql+asyncpg://app:pw@127.0.0.1:9/db"
+        argv = ["check", "production", "--timeout", "10"]
+        for key, value in production(CLOSED, **{"database.url": url}).items():
+            argv += ["--set", f"{key}={json.dumps(value) if not isinstance(value, str) else value}"]
+        code = main(argv)
+        out, err = capsys.readouterr()
+        assert code == 1
+        assert "down: database, audit" in err
+        line = next(line for line in out.splitlines() if line.strip().startswith("database"))
+        assert "postgresql+asyncpg://app:***@127.0.0.1:9/db" in line  # named, masked
+        assert "pw@" not in out + err
