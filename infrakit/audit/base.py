@@ -543,15 +543,19 @@ class ChainChecker:
             return VerifyResult(
                 False, self.checked, None, reason, keyed=self.keyed, checkpoints=self.checkpoints
             )
-        note = None
         if self._keys is not None and self.checked and not self.keyed:
-            note = (
-                "no entry is keyed yet: every entry was written without the signing key "
-                "(entries logged from now on are)"
+            # Indistinguishable from a chain re-hashed from its first entry on
+            # by someone without the key, so it cannot pass as keyed.
+            return VerifyResult(
+                False,
+                self.checked,
+                None,
+                "no entry is keyed although a signing key is given: either nothing was "
+                "logged since the key was set (log one entry, then verify again), or the "
+                "keyed entries were removed and the chain re-hashed without the key",
+                checkpoints=self.checkpoints,
             )
-        return VerifyResult(
-            True, self.checked, reason=note, keyed=self.keyed, checkpoints=self.checkpoints
-        )
+        return VerifyResult(True, self.checked, keyed=self.keyed, checkpoints=self.checkpoints)
 
 
 def verify_chain(

@@ -46,7 +46,7 @@ from typing import Any
 
 import structlog
 
-from infrakit.errors import InfrastructureError
+from infrakit.errors import AuditError, InfrastructureError
 from infrakit.settings.models import MIN_SIGNING_KEY_LENGTH, AuditSettings
 
 __all__ = [
@@ -336,14 +336,21 @@ class Checkpointer:
         """The latest checkpoint this process wrote."""
         return self._last
 
-    def check_file(self) -> None:
-        """Raise OSError unless the checkpoint file can be appended to."""
+    def _check_file(self) -> None:
         path = self.policy.file
         if path is not None:
             fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
             os.close(fd)
 
     async def start(self) -> None:
+        """Check that the checkpoint file can be appended to, start the timer."""
+        try:
+            await asyncio.to_thread(self._check_file)
+        except OSError as error:
+            raise AuditError(
+                f"cannot append to audit.checkpoint_file {self.policy.file}: "
+                f"{type(error).__name__}: {error.strerror}"
+            ) from error
         if self.policy.interval_s > 0 and self._timer is None:
             self._timer = asyncio.get_running_loop().create_task(self._tick())
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import threading
 from collections import deque
 from collections.abc import Iterable
@@ -83,7 +82,6 @@ class InMemoryAuditLogger(AuditLogger):
 
     async def start(self) -> None:
         if self._checkpointer is not None:
-            await asyncio.to_thread(self._checkpointer.check_file)
             await self._checkpointer.start()
 
     async def aclose(self) -> None:

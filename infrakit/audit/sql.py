@@ -10,7 +10,6 @@ writers in many processes still form one valid chain.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import operator
 import time
@@ -182,13 +181,6 @@ class SqlAuditLogger(AuditLogger):
             await upgrade(self._db, locations=[MIGRATIONS])
         await self._check_table()
         if self._checkpointer is not None:
-            try:
-                await asyncio.to_thread(self._checkpointer.check_file)
-            except OSError as error:
-                raise AuditError(
-                    f"cannot append to audit.checkpoint_file {self._checkpointer.policy.file}: "
-                    f"{type(error).__name__}: {error.strerror}"
-                ) from error
             await self._checkpointer.start()
 
     async def aclose(self) -> None:
