@@ -69,9 +69,8 @@ async def forge(
     prev = rows[index - 1][1].hash if index else None
     end = len(rows) if stop is None else stop
     async with db.engine.begin() as conn:
-        for position, (seq, entry) in enumerate(rows[index:end], index):
-            if position == index:
-                entry = dataclasses.replace(entry, user_id="mallory")
+        for position, (seq, row) in enumerate(rows[index:end], index):
+            entry = dataclasses.replace(row, user_id="mallory") if position == index else row
             digest = chain_hash(prev, entry, key)
             if copy_key_id and entry.hash is not None and key is not None:
                 real_prefix = entry.hash[: len(key.prefix)]
