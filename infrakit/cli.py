@@ -241,8 +241,19 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     """Sign the chain head now and write it where the profile sends checkpoints."""
     from infrakit.container import Infra
+    from infrakit.logging import configure_logging
 
     settings = _load(args)
+    # the checkpoint event goes through the profile's log pipeline, as in the service
+    log = settings.logging
+    configure_logging(
+        log_level=log.level,
+        log_format=log.format,
+        development=log.development,
+        additional_pii_patterns=log.redact.extra_patterns,
+        replacement=log.redact.replacement,
+        extra_params=log.redact.extra_params,
+    )
 
     async def run() -> int:
         infra = Infra(settings)

@@ -14,11 +14,20 @@ import pytest
 
 from infrakit.audit import InMemoryAuditLogger, SqlAuditLogger, chain_hash, load_checkpoints
 from infrakit.audit.chain import CHECKPOINT_EVENT, ChainKey, Checkpoint, CheckpointPolicy
+from infrakit.cli import main as cli_main
 from infrakit.database import DatabaseSession, upgrade
 from infrakit.errors import AuditError, AuditOutcomeUnknownError
 from infrakit.logging import configure_logging
 from infrakit.testing.contracts import entry
-from tests.unit.audit.scenarios import KEY, OLD_KEY, TamperScenarios, keyring
+from tests.unit.audit.scenarios import (
+    KEY,
+    OLD_KEY,
+    TamperScenarios,
+    forge,
+    keyring,
+    truncate,
+    write,
+)
 
 
 @pytest.fixture
@@ -252,3 +261,143 @@ class TestCheckpointValues:
     def test_a_short_key_is_refused(self) -> None:
         with pytest.raises(ValueError, match="at least 32 characters"):
             ChainKey("short")
+
+
+class TestCli:
+    """`infrakit audit verify [--checkpoint]` and `infrakit audit checkpoint`, as printed."""
+
+    @pytest.fixture
+    def profile(self, tmp_path: Path) -> Callable[..., str]:
+        def make(*, key: bool = True, checkpoint_file: Path | None = None) -> str:
+            lines = [
+                f"database: {{url: 'sqlite+aiosqlite:///{tmp_path}/audit.db'}}",
+                "logging: {level: ERROR}",
+                "audit:",
+                "  backend: sql",
+            ]
+            if key:
+                lines.append(f"  signing_key: {KEY}")
+            if checkpoint_file is not None:
+                lines.append(f"  checkpoint_file: {checkpoint_file}")
+            path = tmp_path / ("keyed.yaml" if key else "plain.yaml")
+            path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+            return str(path)
+
+        return make
+
+    @staticmethod
+    async def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
+        # the CLI runs its own event loop, so it gets a thread of its own here
+        code = await asyncio.to_thread(cli_main, list(argv))
+        out, err = capsys.readouterr()
+        assert KEY not in out + err
+        return code, out, err
+
+    async def test_verify_with_and_without_the_key_and_a_checkpoint(
+        self,
+        database: DatabaseSession,
+        profile: Callable[..., str],
+        tmp_path: Path,
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        cp_file = tmp_path / "checkpoints.jsonl"
+        keyed, plain = profile(checkpoint_file=cp_file), profile(key=False)
+        await write(SqlAuditLogger(database, keys=keyring()), 6)
+
+        code, out, _ = await self.run(capsys, "audit", "checkpoint", keyed)
+        assert code == 0
+        assert json.loads(out)["seq"] == 6
+        assert load_checkpoints(str(cp_file)) == load_checkpoints(out)
+
+        code, out, _ = await self.run(capsys, "audit", "verify", keyed)
+        assert (code, out.strip()) == (0, "ok: 6 audit entries verified (6 keyed)")
+        code, out, _ = await self.run(
+            capsys, "audit", "verify", keyed, "--checkpoint", str(cp_file)
+        )
+        assert (code, out.strip()) == (
+            0,
+            "ok: 6 audit entries verified (6 keyed; 1 checkpoint matched)",
+        )
+        code, _, err = await self.run(capsys, "audit", "verify", plain)
+        assert code == 3
+        assert "could not check the audit chain at entry e-0000" in err
+        assert "give the signing key (audit.signing_key)" in err
+        code, _, err = await self.run(
+            capsys, "audit", "verify", plain, "--checkpoint", str(cp_file)
+        )
+        assert code == 3
+        assert "checkpoints are signed" in err
+
+        await truncate(database, 4)
+        code, out, _ = await self.run(capsys, "audit", "verify", keyed)
+        assert code == 0  # undetectable without the checkpoint
+        code, out, err = await self.run(
+            capsys, "audit", "verify", keyed, "--checkpoint", cp_file.read_text(encoding="utf-8")
+        )
+        assert (code, out) == (1, "")
+        assert err.startswith("BROKEN: the chain ends at seq 4 (entry e-0003)")
+        assert "the newest entries were deleted (truncated)" in err
+
+        await truncate(database, 0)
+        code, out, _ = await self.run(capsys, "audit", "verify", keyed)
+        assert (code, out.strip()) == (0, "ok: 0 audit entries verified")
+        code, _, err = await self.run(
+            capsys, "audit", "verify", keyed, "--checkpoint", str(cp_file)
+        )
+        assert code == 1
+        assert "BROKEN: the audit log is empty" in err
+        assert "every entry was deleted" in err
+
+    async def test_a_forged_row(
+        self,
+        database: DatabaseSession,
+        profile: Callable[..., str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        await write(SqlAuditLogger(database, keys=keyring()), 5)
+        forged = await forge(database, 2)
+        code, _, err = await self.run(capsys, "audit", "verify", profile())
+        assert code == 1
+        assert f"BROKEN: audit chain fails at entry {forged} (entry 3 in insertion order)" in err
+
+    async def test_bad_checkpoint_input_is_a_usage_error(
+        self, profile: Callable[..., str], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        code, _, err = await self.run(
+            capsys, "audit", "verify", profile(), "--checkpoint", str(tmp_path / "nope")
+        )
+        assert code == 2
+        assert "--checkpoint" in err
+        assert "no such file" in err
+        code, _, err = await self.run(capsys, "audit", "verify", profile(), "--checkpoint", "{x")
+        assert code == 2
+        assert "not JSON" in err
+
+    async def test_checkpoint_without_a_key(
+        self,
+        database: DatabaseSession,
+        profile: Callable[..., str],
+        capsys: pytest.CaptureFixture[str],
+    ) -> None:
+        await write(SqlAuditLogger(database), 1)
+        code, _, err = await self.run(capsys, "audit", "checkpoint", profile(key=False))
+        assert code == 1
+        assert "audit.signing_key is not set" in err
+
+    async def test_the_key_is_never_shown(
+        self, profile: Callable[..., str], capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        keyed = profile()
+        for argv in (
+            ("config", "show", keyed),
+            ("config", "show", keyed, "--sources"),
+            ("config", "show", keyed, "--format", "json"),
+            ("describe", keyed),
+        ):
+            await self.run(capsys, *argv)
+        code, _, err = await self.run(
+            capsys, "config", "validate", keyed, "--set", "audit.signing_key=" + KEY[:20]
+        )
+        assert code == 1
+        assert "audit.signing_key" in err
+        assert KEY[:20] not in err
