@@ -6,6 +6,13 @@ row stores the previous row's hash and its own
 ``sha256(prev_hash || canonical_json(entry))``; writers are serialised by a
 PostgreSQL advisory lock (``BEGIN IMMEDIATE`` on SQLite), so concurrent
 writers in many processes still form one valid chain.
+
+With a signing key the hash is an HMAC instead (``hmac-sha256.<key id>.<mac>``,
+same column; :mod:`infrakit.audit.chain`), and a :class:`Checkpointer` signs
+the committed head (``seq``, id, hash) every N entries or T seconds, outside
+the table. An entry id is stored once: an insert that hits the unique index
+on ``id`` (a retry after :class:`AuditOutcomeUnknownError`) reads the stored
+entries and returns them, writing only the ones that are new.
 """
 
 from __future__ import annotations
