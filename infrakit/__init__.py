@@ -11,6 +11,7 @@
 from infrakit.container import ComponentInfo, Infra, InfraContainer
 from infrakit.errors import (
     AuditError,
+    AuditOutcomeUnknownError,
     ConfigError,
     ConfigProblem,
     DatabaseError,
@@ -28,6 +29,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AuditError",
+    "AuditOutcomeUnknownError",
     "ComponentInfo",
     "ConfigError",
     "ConfigProblem",

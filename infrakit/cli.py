@@ -198,9 +198,17 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
 
 
 def cmd_audit_verify(args: argparse.Namespace) -> int:
-    """Exit 0: the chain is intact; 1: tampering found; 3: it could not be checked."""
+    """Exit 0: the chain is intact; 1: tampering found; 3: it could not be checked
+    (the database did not answer, or the chain is keyed and the key is not given)."""
+    from infrakit.audit.chain import Checkpoint, load_checkpoints
     from infrakit.container import Infra
 
+    checkpoints: list[Checkpoint] = []
+    for source in args.checkpoints:
+        try:
+            checkpoints += load_checkpoints(source)
+        except ValueError as error:
+            raise _UsageError(f"--checkpoint {error}") from None
     settings = _load(args)
 
     async def run() -> int:
@@ -209,7 +217,7 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
             # only the audit log and what it is built on (the database)
             async with asyncio.timeout(args.timeout):
                 await infra.start("audit")
-            result = await infra.audit.verify()
+            result = await infra.audit.verify(checkpoints=checkpoints)
         except (InfrastructureError, OSError, TimeoutError) as error:
             reason = "timed out" if isinstance(error, TimeoutError) else str(error)
             print(
@@ -219,15 +227,75 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
         finally:
             await infra.aclose()
         if result.ok:
-            note = f" ({result.reason})" if result.reason else ""
+            notes = []
+            if result.keyed:
+                notes.append(f"{result.keyed} keyed")
+            if result.checkpoints:
+                plural = "s" if result.checkpoints > 1 else ""
+                notes.append(f"{result.checkpoints} checkpoint{plural} matched")
+            if result.reason:
+                notes.append(result.reason)
+            note = f" ({'; '.join(notes)})" if notes else ""
             print(f"ok: {result.checked} audit entries verified{note}")
             return EXIT_OK
-        print(
-            f"BROKEN: audit chain fails at entry {result.first_bad_id} "
-            f"(entry {result.checked} in insertion order): {result.reason}",
-            file=sys.stderr,
-        )
+        if result.needs_key:
+            at = f" at entry {result.first_bad_id}" if result.first_bad_id else ""
+            print(
+                f"infrakit: could not check the audit chain{at}: {result.reason}", file=sys.stderr
+            )
+            return EXIT_UNCHECKED
+        if result.first_bad_id is None:
+            print(f"BROKEN: {result.reason}", file=sys.stderr)
+        else:
+            print(
+                f"BROKEN: audit chain fails at entry {result.first_bad_id} "
+                f"(entry {result.checked} in insertion order): {result.reason}",
+                file=sys.stderr,
+            )
         return EXIT_FAILED
+
+    return asyncio.run(run())
+
+
+def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
+    """Sign the chain head now and write it where the profile sends checkpoints."""
+    from infrakit.container import Infra
+    from infrakit.logging import configure_logging
+
+    settings = _load(args)
+    # the checkpoint event goes through the profile's log pipeline, as in the service
+    log = settings.logging
+    configure_logging(
+        log_level=log.level,
+        log_format=log.format,
+        development=log.development,
+        additional_pii_patterns=log.redact.extra_patterns,
+        replacement=log.redact.replacement,
+        extra_params=log.redact.extra_params,
+    )
+
+    async def run() -> int:
+        infra = Infra(settings)
+        try:
+            async with asyncio.timeout(args.timeout):
+                await infra.start("audit")
+            checkpoint = await infra.audit.checkpoint()
+        except (InfrastructureError, OSError, TimeoutError) as error:
+            reason = "timed out" if isinstance(error, TimeoutError) else str(error)
+            print(f"infrakit: no checkpoint written: {scrub_text(reason)}", file=sys.stderr)
+            return EXIT_UNCHECKED
+        finally:
+            await infra.aclose()
+        if checkpoint is None:
+            why = (
+                "the audit log is empty"
+                if settings.audit.signing_key is not None
+                else "audit.signing_key is not set (checkpoints are signed with it)"
+            )
+            print(f"infrakit: no checkpoint written: {why}", file=sys.stderr)
+            return EXIT_FAILED
+        print(checkpoint.to_json())
+        return EXIT_OK
 
     return asyncio.run(run())
 
@@ -289,12 +357,32 @@ def build_parser() -> argparse.ArgumentParser:
 
     audit = sub.add_parser("audit", help="the audit log")
     audit_sub = audit.add_subparsers(dest="audit_command", required=True, parser_class=_Parser)
-    verify = audit_sub.add_parser("verify", help="check the hash chain; exit 1 when broken")
+    verify = audit_sub.add_parser(
+        "verify", help="check the hash chain; exit 1 when broken, 3 when it cannot be checked"
+    )
     _profile_args(verify)
     verify.add_argument(
         "--timeout", type=_timeout, default=30.0, help="seconds to reach the database (default 30)"
     )
+    verify.add_argument(
+        "--checkpoint",
+        dest="checkpoints",
+        action="append",
+        default=[],
+        metavar="FILE_OR_VALUE",
+        help="a checkpoint file (JSON lines, or a JSON log) or one checkpoint's JSON: the chain "
+        "must still hold every entry it signed (repeatable; needs audit.signing_key)",
+    )
     verify.set_defaults(func=cmd_audit_verify)
+
+    checkpoint = audit_sub.add_parser(
+        "checkpoint", help="sign the chain head now, print it and write it to the checkpoint sinks"
+    )
+    _profile_args(checkpoint)
+    checkpoint.add_argument(
+        "--timeout", type=_timeout, default=30.0, help="seconds to reach the database (default 30)"
+    )
+    checkpoint.set_defaults(func=cmd_audit_checkpoint)
 
     check = sub.add_parser("check", help="health of every component; exit 1 when one is down")
     _profile_args(check)

@@ -10,6 +10,8 @@
     │   ├── DatabaseError              a driver/connection failure, cause chained
     │   ├── TokenStoreError            a token backend failure, cause chained
     │   ├── AuditError                 an audit write/read/verify failure
+    │   │   └── AuditOutcomeUnknownError   the connection broke during COMMIT:
+    │   │                                  the entries may be stored; retry them
     │   ├── TelemetryError             exporter or provider set-up failure
     │   └── ShutdownError              components that failed to stop, all listed
     └── ValueError                     bad arguments to a component (validation)
@@ -27,6 +29,7 @@ from infrakit.values import install_line
 
 __all__ = [
     "AuditError",
+    "AuditOutcomeUnknownError",
     "ConfigError",
     "ConfigProblem",
     "DatabaseError",
@@ -135,6 +138,18 @@ class TokenStoreError(InfrastructureError):
 
 class AuditError(InfrastructureError):
     """An audit entry could not be written, read or verified."""
+
+    #: False: the write failed and nothing of it is stored.
+    outcome_unknown: bool = False
+
+
+class AuditOutcomeUnknownError(AuditError):
+    """The connection broke while the write was being committed: the entries
+    may or may not be stored. Log the same entries again (same ids) to be
+    sure: an entry whose id is stored already is returned, never stored twice.
+    """
+
+    outcome_unknown = True
 
 
 class TelemetryError(InfrastructureError):

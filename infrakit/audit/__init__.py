@@ -10,6 +10,7 @@ from infrakit.audit.base import (
     canonical_json,
     chain_hash,
 )
+from infrakit.audit.chain import Checkpoint, Keyring, load_checkpoints
 from infrakit.audit.memory import InMemoryAuditLogger
 
 if TYPE_CHECKING:
@@ -19,11 +20,14 @@ __all__ = [
     "AuditEntry",
     "AuditFilter",
     "AuditLogger",
+    "Checkpoint",
     "InMemoryAuditLogger",
+    "Keyring",
     "SqlAuditLogger",
     "VerifyResult",
     "canonical_json",
     "chain_hash",
+    "load_checkpoints",
 ]
 
 

@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import math
 import uuid
 from abc import abstractmethod
+from collections import deque
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, fields
 from datetime import UTC, datetime
 from types import MappingProxyType
 from typing import Any
 
+from infrakit.audit.chain import ChainKey, Checkpoint, Keyring, key_id_of, sorted_checkpoints
 from infrakit.component import Component
 from infrakit.logging.context import current_trace_ids, get_request_id
 from infrakit.values import as_utc
@@ -220,18 +223,28 @@ def canonical_json(entry: AuditEntry) -> bytes:
     return _canonical(entry.to_dict())
 
 
-def hash_of_content(prev_hash: str | None, content: Mapping[str, Any]) -> str:
-    """The chain hash of ``to_dict()`` data from which the two hash keys were removed."""
+def hash_of_content(
+    prev_hash: str | None, content: Mapping[str, Any], key: ChainKey | None = None
+) -> str:
+    """The chain hash of ``to_dict()`` data from which the two hash keys were removed.
+
+    Without ``key``: ``sha256(prev_hash || canonical_json)`` as hex. With it:
+    ``hmac-sha256.<key id>.<mac>`` (see :mod:`infrakit.audit.chain`).
+    """
+    payload = _encode_canonical(content).encode()
+    if key is not None:
+        return key.entry_hash(prev_hash, payload)
     digest = hashlib.sha256((prev_hash or "").encode("ascii"))
-    digest.update(_encode_canonical(content).encode())
+    digest.update(payload)
     return digest.hexdigest()
 
 
-def chain_hash(prev_hash: str | None, entry: AuditEntry) -> str:
-    """``sha256(prev_hash || canonical_json(entry))`` as hex (no prev: empty)."""
+def chain_hash(prev_hash: str | None, entry: AuditEntry, key: ChainKey | None = None) -> str:
+    """``sha256(prev_hash || canonical_json(entry))`` as hex (no prev: empty), or
+    its keyed form (an HMAC-SHA256 with ``key``)."""
     content = entry.to_dict()
     del content["prev_hash"], content["hash"]
-    return hash_of_content(prev_hash, content)
+    return hash_of_content(prev_hash, content, key)
 
 
 @dataclass(frozen=True, slots=True)
@@ -285,6 +298,11 @@ class AuditFilter:
         return not (self.end_time is not None and entry.timestamp >= self.end_time)
 
 
+def same_entry(a: AuditEntry, b: AuditEntry) -> bool:
+    """The same entry, whatever its chain hashes (a retry of a logged entry)."""
+    return a.with_chain(None, None) == b.with_chain(None, None)
+
+
 def sort_key(entry: AuditEntry) -> tuple[datetime, str]:
     return (entry.timestamp, entry.id)
 
@@ -297,6 +315,13 @@ class VerifyResult:
     checked: int
     first_bad_id: str | None = None
     reason: str | None = None
+    #: The chain could not be checked: it is keyed and the key is not given
+    #: (or not the one that made it). Not "broken", not "intact" either.
+    needs_key: bool = False
+    #: How many of the checked entries carry a keyed hash.
+    keyed: int = 0
+    #: How many checkpoints the chain was checked against (all matched when ok).
+    checkpoints: int = 0
 
 
 class AuditLogger(Component):
@@ -346,47 +371,204 @@ class AuditLogger(Component):
         """How many entries match (``limit``/``offset`` ignored)."""
 
     @abstractmethod
-    async def verify(self) -> VerifyResult:
-        """Check the hash chain, naming the first entry that does not fit."""
+    async def verify(self, *, checkpoints: Iterable[Checkpoint] = ()) -> VerifyResult:
+        """Check the hash chain, naming the first entry that does not fit.
+
+        With the logger's keys, keyed entries are checked too (without them a
+        keyed entry answers ``needs_key``); each checkpoint given must be
+        signed by one of those keys and its entry must be in the chain,
+        unchanged (so deleting the newest entries, or all, is found).
+        """
+
+    async def checkpoint(self) -> Checkpoint | None:
+        """Sign the chain head now and write it where checkpoints go.
+
+        None when the chain is empty or the logger has no signing key.
+        """
+        return None
 
 
 class ChainChecker:
-    """Checks a hash chain one entry at a time (so a million rows can stream)."""
+    """Checks a hash chain one entry at a time (so a million rows can stream).
 
-    __slots__ = ("_expected_prev", "checked", "failure")
+    ``keys`` check keyed entries; ``checkpoints`` (already sorted, see
+    :meth:`for_checkpoints`) are matched by ``seq`` as the entries go by, and
+    those left at the end name entries that were deleted.
+    """
 
-    def __init__(self, start_prev: str | None = None) -> None:
+    __slots__ = (
+        "_expected_prev",
+        "_keys",
+        "_last",
+        "_pending",
+        "checked",
+        "checkpoints",
+        "failure",
+        "keyed",
+    )
+
+    def __init__(
+        self,
+        start_prev: str | None = None,
+        *,
+        keys: Keyring | None = None,
+        checkpoints: Iterable[Checkpoint] = (),
+    ) -> None:
         self._expected_prev = start_prev
+        self._keys = keys
+        self._pending = deque(sorted_checkpoints(list(checkpoints)))
+        self._last: tuple[int, str] | None = None
         self.checked = 0
-        self.failure: VerifyResult | None = None
+        self.keyed = 0
+        self.checkpoints = len(self._pending)
+        self.failure: VerifyResult | None = self._check_signatures()
 
-    def feed(self, entry: AuditEntry) -> bool:
-        """Check the next entry; False (and ``failure`` set) at the first bad one."""
+    def _check_signatures(self) -> VerifyResult | None:
+        for cp in self._pending:
+            if self._keys is None:
+                return VerifyResult(
+                    False,
+                    0,
+                    reason="checkpoints are signed: give the signing key (audit.signing_key) "
+                    "to check them",
+                    needs_key=True,
+                )
+            if not cp.signed_by(self._keys):
+                known = self._keys.get(cp.key_id) is not None
+                why = "its signature does not match" if known else "its key id is not configured"
+                return VerifyResult(
+                    False,
+                    0,
+                    cp.entry_id,
+                    f"the checkpoint of {cp.time.isoformat()} (seq {cp.seq}) is not genuine: "
+                    f"{why} (key id {cp.key_id}; configured: {', '.join(self._keys.key_ids)}). "
+                    "It was forged or altered, or audit.previous_signing_keys lacks its key",
+                    needs_key=not known,
+                )
+        return None
+
+    def _fail(self, entry_id: str | None, reason: str, *, needs_key: bool = False) -> bool:
+        self.failure = VerifyResult(
+            False, self.checked, entry_id, reason, needs_key, self.keyed, self.checkpoints
+        )
+        return False
+
+    def feed(self, entry: AuditEntry, seq: int | None = None) -> bool:
+        """Check the next entry (``seq``: its position, for checkpoints; by default
+        the count of entries fed); False (and ``failure`` set) at the first bad one."""
+        if self.failure is not None:
+            return False
         self.checked += 1
         if entry.prev_hash != self._expected_prev:
-            self.failure = VerifyResult(
-                False,
-                self.checked,
+            return self._fail(
                 entry.id,
                 "prev_hash does not match the entry before it (an entry was removed or reordered)",
             )
-            return False
-        if entry.hash != chain_hash(entry.prev_hash, entry):
-            self.failure = VerifyResult(
-                False, self.checked, entry.id, "hash does not match the entry's content (edited)"
+        stored = entry.hash or ""
+        key_id = key_id_of(stored)
+        if key_id is not None:
+            if self._keys is None:
+                return self._fail(
+                    entry.id,
+                    f"the chain is keyed from this entry on (HMAC, key id {key_id}): give the "
+                    "signing key (audit.signing_key) to verify it",
+                    needs_key=True,
+                )
+            key = self._keys.get(key_id)
+            if key is None:
+                return self._fail(
+                    entry.id,
+                    f"the entry is signed with key id {key_id}, which is not configured "
+                    f"({', '.join(self._keys.key_ids)}): add that key to "
+                    "audit.previous_signing_keys, or the entry is forged",
+                    needs_key=True,
+                )
+            self.keyed += 1
+            if not hmac.compare_digest(chain_hash(entry.prev_hash, entry, key), stored):
+                return self._fail(
+                    entry.id,
+                    "hash does not match the entry's content "
+                    "(edited, or re-hashed without the key)",
+                )
+        elif self.keyed:
+            return self._fail(
+                entry.id,
+                "a plain SHA-256 hash after keyed entries: the entry was written or re-hashed "
+                "by someone without the signing key",
             )
-            return False
+        elif stored != chain_hash(entry.prev_hash, entry):
+            return self._fail(entry.id, "hash does not match the entry's content (edited)")
         self._expected_prev = entry.hash
+        position = self.checked if seq is None else seq
+        self._last = (position, entry.id)
+        return self._match_checkpoints(entry, position)
+
+    def _match_checkpoints(self, entry: AuditEntry, seq: int) -> bool:
+        pending = self._pending
+        while pending and pending[0].seq <= seq:
+            cp = pending.popleft()
+            when = cp.time.isoformat()
+            if cp.seq < seq:
+                return self._fail(
+                    cp.entry_id,
+                    f"entry {cp.entry_id} (seq {cp.seq}), the head at the checkpoint of {when}, "
+                    "is missing: it was deleted",
+                )
+            if cp.entry_id != entry.id or not hmac.compare_digest(cp.hash, entry.hash or ""):
+                return self._fail(
+                    entry.id,
+                    f"the entry at seq {seq} is not the one the checkpoint of {when} signed "
+                    f"({cp.entry_id}): the chain was rewritten up to it",
+                )
         return True
 
     def result(self) -> VerifyResult:
-        return self.failure or VerifyResult(True, self.checked)
+        if self.failure is not None:
+            return self.failure
+        if self._pending:
+            cp = self._pending[-1]
+            when = cp.time.isoformat()
+            if self._last is None:
+                reason = (
+                    f"the audit log is empty, but the checkpoint of {when} signed a chain of "
+                    f"entries up to seq {cp.seq} (entry {cp.entry_id}): every entry was deleted"
+                )
+            else:
+                seq, entry_id = self._last
+                reason = (
+                    f"the chain ends at seq {seq} (entry {entry_id}), but the checkpoint of "
+                    f"{when} signed entries up to seq {cp.seq} (entry {cp.entry_id}): "
+                    "the newest entries were deleted (truncated)"
+                )
+            return VerifyResult(
+                False, self.checked, None, reason, keyed=self.keyed, checkpoints=self.checkpoints
+            )
+        if self._keys is not None and self.checked and not self.keyed:
+            # Indistinguishable from a chain re-hashed from its first entry on
+            # by someone without the key, so it cannot pass as keyed.
+            return VerifyResult(
+                False,
+                self.checked,
+                None,
+                "no entry is keyed although a signing key is given: either nothing was "
+                "logged since the key was set (log one entry, then verify again), or the "
+                "keyed entries were removed and the chain re-hashed without the key",
+                checkpoints=self.checkpoints,
+            )
+        return VerifyResult(True, self.checked, keyed=self.keyed, checkpoints=self.checkpoints)
 
 
-def verify_chain(entries: Iterable[AuditEntry], *, start_prev: str | None = None) -> VerifyResult:
-    """Walk entries in chain order and check each link."""
-    checker = ChainChecker(start_prev)
-    for entry in entries:
-        if not checker.feed(entry):
+def verify_chain(
+    entries: Iterable[AuditEntry],
+    *,
+    start_prev: str | None = None,
+    keys: Keyring | None = None,
+    checkpoints: Iterable[Checkpoint] = (),
+    first_seq: int = 1,
+) -> VerifyResult:
+    """Walk entries in chain order and check each link (the first has ``first_seq``)."""
+    checker = ChainChecker(start_prev, keys=keys, checkpoints=checkpoints)
+    for seq, entry in enumerate(entries, first_seq):
+        if not checker.feed(entry, seq):
             break
     return checker.result()

@@ -6,6 +6,13 @@ row stores the previous row's hash and its own
 ``sha256(prev_hash || canonical_json(entry))``; writers are serialised by a
 PostgreSQL advisory lock (``BEGIN IMMEDIATE`` on SQLite), so concurrent
 writers in many processes still form one valid chain.
+
+With a signing key the hash is an HMAC instead (``hmac-sha256.<key id>.<mac>``,
+same column; :mod:`infrakit.audit.chain`), and a :class:`Checkpointer` signs
+the committed head (``seq``, id, hash) every N entries or T seconds, outside
+the table. An entry id is stored once: an insert that hits the unique index
+on ``id`` (a retry after :class:`AuditOutcomeUnknownError`) reads the stored
+entries and returns them, writing only the ones that are new.
 """
 
 from __future__ import annotations
@@ -29,10 +36,19 @@ from infrakit.audit.base import (
     VerifyResult,
     encode_compact,
     hash_of_content,
+    same_entry,
+)
+from infrakit.audit.chain import (
+    Checkpoint,
+    Checkpointer,
+    CheckpointPolicy,
+    Head,
+    Keyring,
+    chain_options,
 )
 from infrakit.component import HealthResult
 from infrakit.database.session import SQLITE_BEGIN_IMMEDIATE, DatabaseSession
-from infrakit.errors import AuditError
+from infrakit.errors import AuditError, AuditOutcomeUnknownError
 from infrakit.registry import Backend
 from infrakit.settings.models import AuditSettings
 
@@ -126,15 +142,42 @@ class SqlAuditLogger(AuditLogger):
     :class:`AuditError`: an entry is never dropped silently.
     """
 
-    def __init__(self, database: DatabaseSession, *, hash_chain: bool = True) -> None:
+    def __init__(
+        self,
+        database: DatabaseSession,
+        *,
+        hash_chain: bool = True,
+        keys: Keyring | None = None,
+        checkpoints: CheckpointPolicy | None = None,
+    ) -> None:
         self._db = database
         self.hash_chain = hash_chain
+        self._keys = keys
+        # the key new entries are hashed with (None: plain SHA-256)
+        self._key = keys.current if keys is not None and hash_chain else None
+        self._checkpointer = (
+            Checkpointer(self._key, self._head, checkpoints or CheckpointPolicy(0, 0))
+            if self._key is not None
+            else None
+        )
 
     def __repr__(self) -> str:
-        return f"SqlAuditLogger({self._db!r}, hash_chain={self.hash_chain})"
+        keyed = f", key_id={self._key.key_id!r}" if self._key is not None else ""
+        return f"SqlAuditLogger({self._db!r}, hash_chain={self.hash_chain}{keyed})"
 
     def _fail(self, what: str, error: BaseException) -> AuditError:
         return AuditError(f"{what} on {self._db.url} failed: {type(error).__name__}")
+
+    def _write_error(self, count: int, error: BaseException, committing: bool) -> AuditError:
+        what = f"writing {count} audit entr{'y' if count == 1 else 'ies'}"
+        if committing and _connection_lost(error):
+            return AuditOutcomeUnknownError(
+                f"{what} on {self._db.url}: outcome unknown, the connection was lost during "
+                f"COMMIT ({type(error).__name__}); the entries may or may not be stored. "
+                "Hint: log the same entries again (same ids): a stored entry is never "
+                "stored twice"
+            )
+        return self._fail(what, error)
 
     async def start(self) -> None:
         """Migrate the audit table when ``database.auto_migrate`` is set, then check
@@ -144,6 +187,13 @@ class SqlAuditLogger(AuditLogger):
 
             await upgrade(self._db, locations=[MIGRATIONS])
         await self._check_table()
+        if self._checkpointer is not None:
+            await self._checkpointer.start()
+
+    async def aclose(self) -> None:
+        """Write a last checkpoint of this process's entries (with a signing key)."""
+        if self._checkpointer is not None:
+            await self._checkpointer.aclose()
 
     async def _check_table(self) -> None:
         try:
@@ -184,6 +234,7 @@ class SqlAuditLogger(AuditLogger):
         if not batch:
             return []
         stored: list[AuditEntry] = []
+        committing = False
         try:
             async with self._db.engine.connect() as plain:
                 # SQLite: take the writer lock at BEGIN, before the last hash is read.
@@ -192,11 +243,41 @@ class SqlAuditLogger(AuditLogger):
                 async with conn.begin():
                     head = await self._chain_head(conn) if self.hash_chain else None
                     await self._insert(conn, self._rows(batch, head, stored), len(batch))
+                    committing = True  # leaving the block commits
         except (exc.SQLAlchemyError, OSError) as error:
-            raise self._fail(
-                f"writing {len(batch)} audit entr{'y' if len(batch) == 1 else 'ies'}", error
-            ) from error
+            if _duplicate_id(error):
+                return await self._log_again(batch)
+            raise self._write_error(len(batch), error, committing) from error
+        if self._checkpointer is not None:
+            self._checkpointer.note(len(stored))
         return stored
+
+    async def _log_again(self, batch: list[AuditEntry]) -> list[AuditEntry]:
+        """A write some of whose ids are stored already (a retry after "outcome
+        unknown"): the stored entries come back, the others are written once."""
+        stored = await self._stored(list({e.id for e in batch}))
+        todo: dict[str, AuditEntry] = {}
+        for entry in batch:
+            known = stored.get(entry.id) or todo.get(entry.id)
+            if known is None:
+                todo[entry.id] = entry
+            elif not same_entry(known, entry):
+                raise AuditError(
+                    f"audit entry id {entry.id!r} is already stored with other content; "
+                    "an id names one entry (retry with the same entry, or use a new id)"
+                )
+        # (another writer storing one of these meanwhile brings us back here)
+        written = {e.id: e for e in await self.log_many(list(todo.values()))} if todo else {}
+        return [stored.get(e.id) or written[e.id] for e in batch]
+
+    async def _stored(self, ids: list[str]) -> dict[str, AuditEntry]:
+        statement = sa.select(*_ENTRY_COLUMNS).where(_c.id.in_(ids))
+        try:
+            async with self._db.engine.connect() as conn:
+                rows = (await conn.execute(statement)).all()
+        except (exc.SQLAlchemyError, OSError) as error:
+            raise self._fail("reading stored audit entries", error) from error
+        return {entry.id: entry for entry in map(_entry, rows)}
 
     async def _chain_head(self, conn: AsyncConnection) -> str | None:
         """Take the writers' lock, then read the hash the next entry links to."""
@@ -216,11 +297,11 @@ class SqlAuditLogger(AuditLogger):
 
         A generator, so a COPY can send rows while the next ones are hashed.
         """
-        chain = self.hash_chain
+        chain, key = self.hash_chain, self._key
         for entry in batch:
             data = entry.to_dict()  # made once: hashed, then stored
             del data["prev_hash"], data["hash"]
-            digest = hash_of_content(prev, data) if chain else None
+            digest = hash_of_content(prev, data, key) if chain else None
             link = prev if chain else None
             data["prev_hash"], data["hash"] = link, digest
             stored.append(entry.with_chain(link, digest))
@@ -269,10 +350,27 @@ class SqlAuditLogger(AuditLogger):
         except (exc.SQLAlchemyError, OSError) as error:
             raise self._fail("counting the audit log", error) from error
 
-    async def verify(self) -> VerifyResult:
+    async def _head(self) -> Head | None:
+        """The committed head of the chain: ``(seq, id, hash)``; None when empty."""
+        statement = sa.select(_c.seq, _c.id, _c.hash).order_by(_c.seq.desc()).limit(1)
+        try:
+            async with self._db.engine.connect() as conn:
+                row = (await conn.execute(statement)).first()
+        except (exc.SQLAlchemyError, OSError) as error:
+            raise self._fail("reading the audit chain head", error) from error
+        return None if row is None else (int(row.seq), row.id, row.hash or "")
+
+    async def checkpoint(self) -> Checkpoint | None:
+        if self._checkpointer is None:
+            return None
+        return await self._checkpointer.checkpoint()
+
+    async def verify(self, *, checkpoints: Iterable[Checkpoint] = ()) -> VerifyResult:
         """Walk the whole chain in insertion order, streaming rows in batches."""
-        checker = ChainChecker()
-        statement = sa.select(*_ENTRY_COLUMNS).order_by(_c.seq)
+        checker = ChainChecker(keys=self._keys, checkpoints=checkpoints)
+        if checker.failure is not None:
+            return checker.result()
+        statement = sa.select(_c.seq, *_ENTRY_COLUMNS).order_by(_c.seq)
         try:
             async with self._db.engine.connect() as conn:
                 result = await conn.stream(statement.execution_options(yield_per=_VERIFY_BATCH))
@@ -281,7 +379,7 @@ class SqlAuditLogger(AuditLogger):
                     if not self.hash_chain:
                         checker.checked += 1
                         continue
-                    if not checker.feed(entry):
+                    if not checker.feed(entry, row.seq):
                         await result.close()
                         break
         except (exc.SQLAlchemyError, OSError) as error:
@@ -289,6 +387,21 @@ class SqlAuditLogger(AuditLogger):
         if not self.hash_chain:
             return VerifyResult(True, checker.checked, reason="hash chain disabled")
         return checker.result()
+
+
+def _duplicate_id(error: BaseException) -> bool:
+    """The insert hit the unique index on the entry id (and nothing else)."""
+    if not isinstance(error, exc.IntegrityError):
+        return False
+    text = str(error.orig)
+    return f"uq_{AUDIT_TABLE}_id" in text or f"{AUDIT_TABLE}.id" in text
+
+
+def _connection_lost(error: BaseException) -> bool:
+    """The connection broke (the server may or may not have done what was sent)."""
+    if isinstance(error, OSError):
+        return True
+    return isinstance(error, exc.DBAPIError) and error.connection_invalidated
 
 
 class SqlAuditSettings(AuditSettings):
@@ -300,7 +413,8 @@ class SqlAuditSettings(AuditSettings):
 def create(
     section: SqlAuditSettings, settings: InfraSettings, *, database: DatabaseSession, **_: Any
 ) -> SqlAuditLogger:
-    return SqlAuditLogger(database, hash_chain=section.hash_chain)
+    keys, policy = chain_options(section)
+    return SqlAuditLogger(database, hash_chain=section.hash_chain, keys=keys, checkpoints=policy)
 
 
 #: Where the audit table's migrations live (its own Alembic version directory).

@@ -18,7 +18,9 @@ from pydantic import (
     Discriminator,
     Field,
     PrivateAttr,
+    SecretStr,
     Tag,
+    ValidationInfo,
     create_model,
     field_validator,
 )
@@ -27,6 +29,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 from infrakit import registry
 from infrakit.settings.base import BackendSettings, Section
 from infrakit.values import LOG_LEVELS, LogLevel, install_line
+
+#: The shortest audit signing key accepted (characters): 32 random ones are beyond guessing.
+MIN_SIGNING_KEY_LENGTH = 32
 
 __all__ = [
     "LOG_LEVELS",
@@ -89,6 +94,83 @@ class AuditSettings(BackendSettings):
 
     backend: str = Field("memory", description="memory | sql (or a registered backend).")
     hash_chain: bool = Field(True, description="Chain entries by hash so tampering is detectable.")
+    signing_key: SecretStr | None = Field(
+        None,
+        description="Key of a keyed chain (at least 32 characters, e.g. `openssl rand -hex 32`): "
+        "each entry's hash becomes an HMAC-SHA256 with it, so a database writer without it "
+        "cannot forge or re-hash entries, and checkpoints are signed with it. Keep it where "
+        "the database's users cannot read it (`${file:/run/secrets/audit_key}`).",
+    )
+    previous_signing_keys: list[SecretStr] = Field(
+        default_factory=list,
+        description="Keys that signed entries and checkpoints before `signing_key` "
+        "(rotation): they still verify, they no longer sign.",
+    )
+    checkpoint_every: int = Field(
+        1000,
+        ge=0,
+        description="With a signing key: sign and write the chain head after this many "
+        "entries (0: not by count).",
+    )
+    checkpoint_interval_s: float = Field(
+        60.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="With a signing key: also sign and write the head when this many seconds "
+        "passed with entries not yet checkpointed (0: not by time).",
+    )
+    checkpoint_file: str | None = Field(
+        None,
+        min_length=1,
+        description="Also append each checkpoint as a JSON line to this file (fsynced); keep it "
+        "on storage the database's writers cannot change. Checkpoints always go to the log "
+        "(event `infrakit.audit.checkpoint`).",
+    )
+
+    # Messages on the key fields start with a throwaway word: the text scrubber
+    # masks the first word after a sensitive key's name, taking it for the value.
+    @field_validator("signing_key")
+    @classmethod
+    def _signing_key(cls, value: SecretStr | None, info: ValidationInfo) -> SecretStr | None:
+        if value is None:
+            return value
+        _check_key_length(value, "key")
+        if info.data.get("hash_chain") is False:
+            raise ValueError(
+                "key unusable with audit.hash_chain: false (the key signs the hash chain); "
+                "set hash_chain: true or remove the key"
+            )
+        return value
+
+    @field_validator("previous_signing_keys")
+    @classmethod
+    def _previous_keys(cls, value: list[SecretStr], info: ValidationInfo) -> list[SecretStr]:
+        for key in value:
+            _check_key_length(key, "keys")
+        # (a signing_key that failed validation is missing from info.data: said already)
+        if value and "signing_key" in info.data and info.data["signing_key"] is None:
+            raise ValueError(
+                "keys unused without audit.signing_key (the key that signs now); set it too"
+            )
+        return value
+
+    @field_validator("checkpoint_file")
+    @classmethod
+    def _checkpoint_file(cls, value: str | None, info: ValidationInfo) -> str | None:
+        if value is not None and "signing_key" in info.data and info.data["signing_key"] is None:
+            raise ValueError(
+                "checkpoints need audit.signing_key (they are signed with it); set the key "
+                "or remove checkpoint_file"
+            )
+        return value
+
+
+def _check_key_length(key: SecretStr, word: str) -> None:
+    if len(key.get_secret_value()) < MIN_SIGNING_KEY_LENGTH:
+        raise ValueError(
+            f"{word} too short: at least {MIN_SIGNING_KEY_LENGTH} characters are needed "
+            "(make one with `openssl rand -hex 32`)"
+        )
 
 
 class InstrumentSettings(Section):

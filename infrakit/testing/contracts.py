@@ -24,6 +24,7 @@ from datetime import UTC, datetime, timedelta
 import pytest
 
 from infrakit.audit.base import AuditEntry, AuditFilter, AuditLogger
+from infrakit.errors import AuditError
 from infrakit.logging.context import request_context
 from infrakit.tokens.base import TokenStore
 
@@ -134,6 +135,20 @@ class AuditLoggerContract:
         await asyncio.gather(*(write(t) for t in range(8)))
         assert await logger.count() == 80
         assert await logger.count(AuditFilter(user_id="t3")) == 10
+        assert (await logger.verify()).ok
+
+    async def test_an_entry_id_is_stored_once(self, logger: AuditLogger) -> None:
+        # a retry (after an "outcome unknown" error) must not duplicate the entry
+        first = await logger.log(entry(1))
+        assert await logger.log(entry(1)) == first
+        assert await logger.log_many([entry(1), entry(2), entry(2)]) == [
+            first,
+            *[await logger.log(entry(2))] * 2,
+        ]
+        assert await logger.count() == 2
+        with pytest.raises(AuditError, match="already stored with other content"):
+            await logger.log(entry(1, result="failure"))
+        assert await logger.count() == 2
         assert (await logger.verify()).ok
 
     async def test_append_only_interface(self, logger: AuditLogger) -> None:

@@ -5,17 +5,20 @@ from __future__ import annotations
 import asyncio
 import itertools
 import multiprocessing
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
 import sqlalchemy as sa
+from sqlalchemy import event
 
 from infrakit.audit import AuditFilter, SqlAuditLogger
 from infrakit.audit.sql import AUDIT_TABLE, metadata
 from infrakit.database import DatabaseSession, upgrade
 from infrakit.database.migrate import VERSION_TABLE
-from infrakit.errors import DatabaseError
+from infrakit.errors import AuditError, AuditOutcomeUnknownError, DatabaseError
 from infrakit.testing.contracts import AuditLoggerContract, MakeLogger, entry
+from tests.unit.audit.scenarios import TamperScenarios, keyring
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +201,91 @@ class TestDatabaseFailures:
         # the pool recovers: the next session works (pre-ping drops the dead connection)
         async with pg.session() as s:
             assert (await s.execute(sa.text("SELECT 1"))).scalar() == 1
+
+
+class TestTamperingOnPostgres(TamperScenarios):
+    """What a writer of the PostgreSQL table can do, and what finds it."""
+
+    @pytest.fixture
+    async def database(self, pg: DatabaseSession) -> DatabaseSession:
+        return pg
+
+
+def _terminate(admin_url: str, pid: int) -> None:
+    """pg_terminate_backend(pid) from a connection and an event loop of its own."""
+
+    async def run() -> None:
+        db = DatabaseSession(admin_url)
+        try:
+            async with db.engine.connect() as conn:
+                await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+        finally:
+            await db.aclose()
+
+    asyncio.run(run())
+
+
+class TestOutcomeUnknown:
+    """A connection lost during COMMIT: "outcome unknown", and the retry stores the entry once."""
+
+    async def test_writer_killed_at_commit(self, pg: DatabaseSession) -> None:
+        audit = SqlAuditLogger(pg, keys=keyring())
+        await audit.log(entry(0))
+        admin_url = pg.engine.url.render_as_string(hide_password=False)
+        killed: list[int] = []
+
+        def kill_before_commit(conn: sa.Connection) -> None:
+            # the transaction has inserted the row; end its backend as COMMIT is sent
+            if killed:
+                return
+            driver = conn.connection.driver_connection
+            assert driver is not None
+            pid = driver.get_server_pid()
+            killed.append(pid)
+            worker = threading.Thread(target=_terminate, args=(admin_url, pid))
+            worker.start()
+            worker.join(60)
+
+        event.listen(pg.engine.sync_engine, "commit", kill_before_commit)
+        try:
+            with pytest.raises(AuditOutcomeUnknownError, match="outcome unknown") as caught:
+                await audit.log(entry(1))
+        finally:
+            event.remove(pg.engine.sync_engine, "commit", kill_before_commit)
+        assert killed
+        assert caught.value.outcome_unknown
+        assert isinstance(caught.value, AuditError)
+        assert "failed" not in str(caught.value)
+        stored = await audit.log(entry(1))  # the retry
+        assert await audit.log(entry(1)) == stored  # and a second one
+        assert await audit.count() == 2
+        result = await audit.verify()
+        assert (result.ok, result.checked, result.keyed) == (True, 2, 2)
+
+    async def test_a_lost_connection_before_commit_is_a_plain_failure(
+        self, pg: DatabaseSession
+    ) -> None:
+        audit = SqlAuditLogger(pg)
+        admin_url = pg.engine.url.render_as_string(hide_password=False)
+
+        def kill_at_insert(conn: sa.Connection, *args: object) -> None:
+            statement = str(args[1]) if len(args) > 1 else ""
+            if "INSERT INTO" in statement:
+                driver = conn.connection.driver_connection
+                assert driver is not None
+                worker = threading.Thread(
+                    target=_terminate, args=(admin_url, driver.get_server_pid())
+                )
+                worker.start()
+                worker.join(60)
+
+        event.listen(pg.engine.sync_engine, "before_cursor_execute", kill_at_insert)
+        try:
+            with pytest.raises(AuditError) as caught:
+                await audit.log(entry(0))
+        finally:
+            event.remove(pg.engine.sync_engine, "before_cursor_execute", kill_at_insert)
+        assert not caught.value.outcome_unknown  # nothing was committed: known
+        assert await audit.count() == 0
+        await audit.log(entry(0))
+        assert await audit.count() == 1

@@ -391,7 +391,9 @@ class TestBadInput:
         write_profile("p", "audit:\n  zzz: 1\n")
         with pytest.raises(ConfigError) as exc:
             load(profiles_dir, "p")
-        assert "Hint: valid keys here: backend, hash_chain, max_entries" in str(exc.value)
+        assert "Hint: valid keys here: backend, checkpoint_every, checkpoint_file," in str(
+            exc.value
+        )
 
     def test_unknown_backend_suggests(
         self, write_profile: WriteProfile, profiles_dir: Path
