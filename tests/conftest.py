@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import textwrap
 from collections.abc import Callable, Iterator
@@ -30,12 +31,14 @@ settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "infrakit"))
 
 @pytest.fixture(autouse=True)
 def _reset_globals() -> Iterator[None]:
-    """Logging and the default telemetry provider are process-wide: reset both."""
+    """Logging and the default telemetry provider are process-wide: reset both
+    (and the level ``database.echo`` gives SQLAlchemy's engine logger)."""
     reset_logging()
     reset_telemetry()
     yield
     reset_logging()
     reset_telemetry()
+    logging.getLogger("sqlalchemy.engine.Engine").setLevel(logging.NOTSET)
 
 
 @pytest.fixture(autouse=True)
