@@ -9,9 +9,11 @@ Keys, under ``key_prefix`` (``P``):
 - ``P u:{<user>}:cut`` — the user's "revoked before" cutoff (epoch µs).
 
 The two user keys share a hash tag, so everything per user runs as one Lua
-script in one cluster slot. Checking a token is one ``HGET``/``HMGET`` of its
-own key: revocations are written to the token's hash, never looked up
-elsewhere at read time.
+script in one cluster slot. Checking a token is one round trip: an
+``HGET``/``HMGET`` of its own key (revocations are written to the token's
+hash) and, when the caller names the user (``user_id=``), a ``GET`` of the
+user's cutoff pipelined with it: the only way a check can see a revoke-all
+that has written its cutoff but not yet marked every token.
 
 Log out everywhere: ``store()`` first adds the jti to the user's set (and
 reads the cutoff) in the user's slot, then writes the token; ``revoke_all``
@@ -20,6 +22,13 @@ token revoked, leaving a marker for a token whose write is still in flight.
 Whichever order the two land in, a token stored concurrently with a
 revoke-all ends up revoked: either the revoke-all saw it in the set, or the
 store saw a cutoff at or after its creation time.
+
+The pool: at most ``pool_size`` round trips are in flight at once (a
+semaphore, so the wait has the call's own deadline, ``pool_timeout_s``, and
+its own error), and redis-py's pool holds at most ``pool_size`` connections
+(blocking for standalone; Sentinel's and each cluster node's pool never
+need more). Load waits; only failing to reach Redis is an outage, and only
+an outage lets ``fail_open`` answer permissively.
 
 Timeouts: ``connect_timeout_s`` bounds opening a connection (TCP connect and,
 for ``rediss://``, the TLS handshake), ``socket_timeout_s`` bounds each command
@@ -376,8 +385,9 @@ class RedisTokenStore(TokenStore):
     ``on_backend_error="fail_closed"`` (the default) raises
     :class:`TokenStoreError` from every method when Redis cannot answer, so
     ``is_revoked``/``is_valid`` never say "fine" by accident.
-    ``"fail_open"`` makes those two return the permissive answer instead,
-    with a warning when Redis goes away and a note when it is back.
+    ``"fail_open"`` makes the checks return the permissive answer instead,
+    only when Redis is unreachable (never for an exhausted pool), with one
+    rate-limited warning and a note when it is back.
     """
 
     def __init__(self, url: str | RedisTokenSettings, **options: Any) -> None:
