@@ -196,8 +196,13 @@ def require_token(
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti.strip():
             raise unauthorized("invalid token")
+        sub = claims.get("sub")
         try:
-            valid = await (await get_token_store(request)).is_valid(jti)
+            # the token's user: the check then sees a "log out everywhere" in
+            # progress, in the same round trip
+            valid = await (await get_token_store(request)).is_valid(
+                jti, user_id=sub if isinstance(sub, str) else None
+            )
         except TokenStoreError:
             _log.warning("infrakit: token store unavailable; refusing the request (fail closed)")
             raise HTTPException(status_code=503, detail="token store unavailable") from None

@@ -315,6 +315,22 @@ class TokenStoreContract:
         assert token is not None
         assert token.user_id == "alice"
 
+    async def test_checks_given_the_user_answer_alike(self, store: TokenStore) -> None:
+        """``user_id=`` never changes an answer: not for the token's own user,
+        not for another user, not for an unknown or revoked token."""
+        await store.store("own", "alice", soon())
+        await store.store("cut", "bob", soon())
+        await store.store("gone", "alice", soon())
+        await store.revoke("gone")
+        await store.revoke("ghost")
+        assert await store.revoke_all_for_user("bob") == 1
+        expected = {"own": True, "cut": False, "gone": False, "ghost": False, "never": False}
+        for jti, valid in expected.items():
+            for user in (None, "alice", "bob", "mallory"):
+                assert await store.is_valid(jti, user_id=user) is valid, (jti, user)
+                revoked = await store.is_revoked(jti, user_id=user)
+                assert revoked is (jti in ("cut", "gone", "ghost")), (jti, user)
+
     async def test_ids_with_odd_characters(self, store: TokenStore) -> None:
         for user in ("{user}", "a}b{c", "ünï cödé", "x%7By"):
             await store.store(f"jti-{user}", user, soon())

@@ -169,12 +169,21 @@ class TokenStore(Component):
         stored later."""
 
     @abstractmethod
-    async def is_revoked(self, jti: str) -> bool:
-        """True for a known token that was revoked (directly or by its user's cutoff)."""
+    async def is_revoked(self, jti: str, *, user_id: str | None = None) -> bool:
+        """True for a known token that was revoked (directly or by its user's cutoff).
+
+        ``user_id``, when the caller knows it (the user the token was stored
+        for, e.g. the JWT's ``sub``), lets a backend read the user's cutoff in
+        the same round trip: a check that starts after
+        :meth:`revoke_all_for_user` wrote its cutoff then answers revoked even
+        while that call is still at work. The answer never depends on it
+        otherwise (a token of another user is checked against its own user).
+        """
 
     @abstractmethod
-    async def is_valid(self, jti: str) -> bool:
-        """True only for a known, unexpired, unrevoked token."""
+    async def is_valid(self, jti: str, *, user_id: str | None = None) -> bool:
+        """True only for a known, unexpired, unrevoked token (``user_id``: as for
+        :meth:`is_revoked`)."""
 
     async def is_revoked_many(self, jtis: Iterable[str]) -> list[bool]:
         """:meth:`is_revoked` for many jtis (backends batch it)."""

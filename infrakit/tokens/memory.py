@@ -56,10 +56,14 @@ class InMemoryTokenStore(TokenStore):
     (property 6). An evicted token is simply unknown, so it is never valid;
     an evicted *revoked* token leaves a revocation marker behind so its jti
     cannot be stored again (up to ``max_revocations`` markers, by default ten
-    times ``max_entries``, kept until the token would have expired). Expired
-    tokens are purged lazily. Every call is
-    O(1) amortised, except ``revoke_all_for_user``, which is O(tokens of that
-    user). One lock makes it safe from many threads and tasks.
+    times ``max_entries``, kept until the token would have expired). Per-user
+    "log out everywhere" cutoffs share that bound: at most ``max_revocations``,
+    each kept ``max_lifetime_s`` (no token created before it can live longer),
+    the oldest dropped first. Expired tokens, markers and cutoffs are purged
+    lazily; the expiry heap holds O(tokens held) entries however often a token
+    is stored again. Every call is O(1) amortised, except
+    ``revoke_all_for_user``, which is O(tokens of that user). One lock makes it
+    safe from many threads and tasks.
     """
 
     def __init__(
@@ -77,7 +81,9 @@ class InMemoryTokenStore(TokenStore):
         self.max_revocations = max_revocations or max(10 * max_entries, 10_000)
         self._tokens: OrderedDict[str, _Record] = OrderedDict()
         self._by_user: dict[str, set[str]] = {}
-        self._cutoffs: dict[str, tuple[datetime, float]] = {}  # user -> (cutoff, keep until)
+        # user -> (cutoff, keep until), oldest first (every cutoff is kept
+        # max_lifetime_s, so insertion order is expiry order)
+        self._cutoffs: OrderedDict[str, tuple[datetime, float]] = OrderedDict()
         self._markers: OrderedDict[str, float] = OrderedDict()  # revoked jti -> keep until
         self._expiries: list[tuple[float, str]] = []  # heap for lazy purging
         self._lock = threading.Lock()
@@ -101,6 +107,18 @@ class InMemoryTokenStore(TokenStore):
         while len(self._markers) > self.max_revocations:
             self._markers.popitem(last=False)
 
+    def _push_expiry(self, expires: float, jti: str) -> None:
+        heapq.heappush(self._expiries, (expires, jti))
+        self._compact()
+
+    def _compact(self) -> None:
+        # Entries of evicted tokens and superseded expiries of re-stored ones
+        # linger in the heap (lazy deletion); rebuild it when they outnumber
+        # the live ones, so it stays O(tokens held) at O(1) amortised cost.
+        if len(self._expiries) > 2 * len(self._tokens) + 64:
+            self._expiries = [(r.expires, j) for j, r in self._tokens.items()]
+            heapq.heapify(self._expiries)
+
     def _purge(self, now: float) -> None:
         heap = self._expiries
         while heap and heap[0][0] <= now:
@@ -108,17 +126,19 @@ class InMemoryTokenStore(TokenStore):
             record = self._tokens.get(jti)
             if record is not None and record.expires <= now:
                 self._drop(jti, record)
-        # Entries of evicted tokens linger in the heap; rebuild it when they
-        # outnumber the live ones, so memory stays O(max_entries).
-        if len(heap) > 2 * len(self._tokens) + 64:
-            self._expiries = [(r.expires, j) for j, r in self._tokens.items()]
-            heapq.heapify(self._expiries)
+        self._compact()
         markers = self._markers
         while markers:
             jti, until = next(iter(markers.items()))
             if until > now:
                 break
             del markers[jti]
+        cutoffs = self._cutoffs
+        while cutoffs:
+            user, (_, keep_until) = next(iter(cutoffs.items()))
+            if keep_until > now:
+                break
+            del cutoffs[user]
 
     def _live(self, jti: str, now: float) -> _Record | None:
         record = self._tokens.get(jti)
@@ -166,13 +186,13 @@ class InMemoryTokenStore(TokenStore):
                 if expires > existing.expires_at:  # lifetimes only ever grow
                     existing.expires_at = expires
                     existing.expires = expires.timestamp()
-                    heapq.heappush(self._expiries, (existing.expires, jti))
+                    self._push_expiry(existing.expires, jti)
                 return self._snapshot(jti, existing, now)
             self._purge(now)
             record = _Record(user_id, now_dt, expires)
             self._tokens[jti] = record
             self._by_user.setdefault(user_id, set()).add(jti)
-            heapq.heappush(self._expiries, (record.expires, jti))
+            self._push_expiry(record.expires, jti)
             while len(self._tokens) > self.max_entries:
                 old_jti = next(iter(self._tokens))  # the oldest
                 old = self._tokens[old_jti]
@@ -210,7 +230,8 @@ class InMemoryTokenStore(TokenStore):
     # one dict entry and one record's fields, every one of which is replaced
     # whole by the writers, and they mutate nothing (purging is for writers).
 
-    async def is_revoked(self, jti: str) -> bool:
+    async def is_revoked(self, jti: str, *, user_id: str | None = None) -> bool:
+        # user_id is not needed here: the record names its user, read at once.
         now = time.time()
         record = self._tokens.get(jti)
         if record is None or record.expires <= now:
@@ -221,7 +242,7 @@ class InMemoryTokenStore(TokenStore):
         cutoff = self._cutoffs.get(record.user_id) if self._cutoffs else None
         return cutoff is not None and cutoff[1] > now and record.created_at <= cutoff[0]
 
-    async def is_valid(self, jti: str) -> bool:
+    async def is_valid(self, jti: str, *, user_id: str | None = None) -> bool:
         now = time.time()
         record = self._tokens.get(jti)
         if record is None or record.expires <= now or record.revoked:
@@ -237,15 +258,24 @@ class InMemoryTokenStore(TokenStore):
         now_dt = datetime.now(UTC)
         now = now_dt.timestamp()
         with self._lock:
-            revoked = 0
-            for jti in list(self._by_user.get(user_id, ())):
-                record = self._live(jti, now)
-                if record is not None and not self._revoked(record, now):
-                    record.revoked = True
-                    revoked += 1
-            # The cutoff outlives every token the store accepts.
+            self._purge(now)
+            records = [
+                record
+                for record in (self._live(jti, now) for jti in list(self._by_user.get(user_id, ())))
+                if record is not None and not self._revoked(record, now)
+            ]
+            # The cutoff first: the lock-free checks of other threads see it
+            # before the first record is marked. It outlives every token
+            # created before it (none lives longer than max_lifetime_s).
             self._cutoffs[user_id] = (now_dt, now + self.max_lifetime_s)
-            return revoked
+            self._cutoffs.move_to_end(user_id)
+            while len(self._cutoffs) > self.max_revocations:
+                # the user's tokens held here are marked below; dropping the
+                # oldest cutoff forgets only the cutoff itself
+                self._cutoffs.popitem(last=False)
+            for record in records:
+                record.revoked = True
+            return len(records)
 
     async def count(self) -> int:
         with self._lock:

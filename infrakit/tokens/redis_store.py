@@ -9,9 +9,11 @@ Keys, under ``key_prefix`` (``P``):
 - ``P u:{<user>}:cut`` — the user's "revoked before" cutoff (epoch µs).
 
 The two user keys share a hash tag, so everything per user runs as one Lua
-script in one cluster slot. Checking a token is one ``HGET``/``HMGET`` of its
-own key: revocations are written to the token's hash, never looked up
-elsewhere at read time.
+script in one cluster slot. Checking a token is one round trip: an
+``HGET``/``HMGET`` of its own key (revocations are written to the token's
+hash) and, when the caller names the user (``user_id=``), a ``GET`` of the
+user's cutoff pipelined with it: the only way a check can see a revoke-all
+that has written its cutoff but not yet marked every token.
 
 Log out everywhere: ``store()`` first adds the jti to the user's set (and
 reads the cutoff) in the user's slot, then writes the token; ``revoke_all``
@@ -20,6 +22,14 @@ token revoked, leaving a marker for a token whose write is still in flight.
 Whichever order the two land in, a token stored concurrently with a
 revoke-all ends up revoked: either the revoke-all saw it in the set, or the
 store saw a cutoff at or after its creation time.
+
+The pool: at most ``pool_size`` round trips are in flight at once (a
+semaphore, so the wait has the call's own deadline, ``pool_timeout_s``, and
+its own error), and redis-py's pool holds at most ``pool_size`` connections
+(per node on a cluster), so it never runs out: a call past the bound waits
+its turn rather than failing as redis-py's pools do. Load waits; only
+failing to reach Redis is an outage, and only an outage lets ``fail_open``
+answer permissively.
 
 Timeouts: ``connect_timeout_s`` bounds opening a connection (TCP connect and,
 for ``rediss://``, the TLS handshake), ``socket_timeout_s`` bounds each command
@@ -37,6 +47,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import math
 import time
@@ -69,6 +80,10 @@ __all__ = ["BACKEND", "RedisTokenSettings", "RedisTokenStore"]
 _log = logging.getLogger("infrakit.tokens")
 DEFAULT_SOCKET_TIMEOUT_S = 0.5
 DEFAULT_CONNECT_TIMEOUT_S = 5.0
+DEFAULT_POOL_SIZE = 50
+DEFAULT_POOL_TIMEOUT_S = 5.0
+#: Within a fail_open outage, the "still unreachable" warning repeats at most this often.
+OUTAGE_WARNING_INTERVAL_S = 60.0
 T = TypeVar("T")
 OnError = Literal["fail_closed", "fail_open"]
 _SCHEMES = ("redis", "rediss", "redis+sentinel", "unix")
@@ -146,8 +161,42 @@ return 0
 """
 
 # Tokens marked per round trip by revoke_all_for_user; on a cluster also the
-# number of scripts in flight at once (kept well under the connection limit).
+# number of scripts sent side by side (each still takes its turn at the pool).
 _MARK_BATCH = 64
+
+
+class _UnreachableError(TokenStoreError):
+    """Redis could not be reached (refused, reset, timed out, cluster down): an
+    outage, the one failure ``fail_open`` may answer permissively."""
+
+
+class _PoolExhaustedError(TokenStoreError):
+    """Every pooled connection stayed busy for the whole wait: load, not an outage."""
+
+
+def _is_outage(error: BaseException) -> bool:
+    """Whether ``error`` means Redis could not be reached (as opposed to load, a
+    refused command or a misconfiguration)."""
+    from redis.exceptions import (
+        AuthenticationError,
+        ClusterDownError,
+        MaxConnectionsError,
+        RedisClusterException,
+        ResponseError,
+    )
+    from redis.exceptions import ConnectionError as RedisConnectionError
+    from redis.exceptions import TimeoutError as RedisTimeoutError
+
+    if isinstance(error, MaxConnectionsError | AuthenticationError):
+        return False
+    if isinstance(error, ClusterDownError):  # a ResponseError, but the cluster is down
+        return True
+    if isinstance(error, ResponseError):
+        return False
+    return isinstance(
+        error,
+        RedisConnectionError | RedisTimeoutError | RedisClusterException | OSError | TimeoutError,
+    )
 
 
 def _cancel_requests() -> int:
@@ -243,9 +292,25 @@ class RedisTokenSettings(TokensSettings):
         description="Redis timeout in seconds for opening a connection, TLS handshake "
         "included (a burst of new TLS connections is slow, not an outage).",
     )
+    pool_size: int = Field(
+        DEFAULT_POOL_SIZE,
+        ge=1,
+        le=10_000,
+        description="Connections to Redis this store holds at most (per node with "
+        "cluster: true); a call beyond them waits for a free one.",
+    )
+    pool_timeout_s: float = Field(
+        DEFAULT_POOL_TIMEOUT_S,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="How long one call waits in total for a free pooled connection "
+        "before it fails with 'pool exhausted' (load, never treated as an outage).",
+    )
     on_backend_error: Literal["fail_closed", "fail_open"] = Field(
         "fail_closed",
-        description="fail_closed raises when Redis is down; fail_open answers permissively.",
+        description="fail_closed raises when Redis is unreachable; fail_open answers "
+        "permissively, but only when Redis is unreachable (never for an exhausted pool).",
     )
 
     @field_validator("url")
@@ -296,8 +361,9 @@ class RedisTokenStore(TokenStore):
     ``on_backend_error="fail_closed"`` (the default) raises
     :class:`TokenStoreError` from every method when Redis cannot answer, so
     ``is_revoked``/``is_valid`` never say "fine" by accident.
-    ``"fail_open"`` makes those two return the permissive answer instead,
-    with a warning when Redis goes away and a note when it is back.
+    ``"fail_open"`` makes the checks return the permissive answer instead,
+    only when Redis is unreachable (never for an exhausted pool), with one
+    rate-limited warning and a note when it is back.
     """
 
     def __init__(self, url: str | RedisTokenSettings, **options: Any) -> None:
@@ -318,10 +384,23 @@ class RedisTokenStore(TokenStore):
         self.on_backend_error: OnError = settings.on_backend_error
         self.cluster = settings.cluster
         self.max_lifetime_s = float(settings.max_lifetime_s)
+        self.pool_size = settings.pool_size
+        self.pool_timeout_s = settings.pool_timeout_s
         self._client: Any = None
         self._sentinel: Any = None
         self._scripts: dict[str, Any] = {}
+        # Round trips in flight at once, at most pool_size: the wait for a
+        # connection, with its own deadline and its own error (see _turn).
+        self._pool_gate: asyncio.Semaphore | None = None
+        # A cluster client learns the slots once, before its first command:
+        # redis-py 8.1 breaks connections (AttributeError on a None writer)
+        # when many first commands initialise it at once.
+        self._cluster_pending = False
+        self._cluster_lock: asyncio.Lock | None = None
+        # fail_open bookkeeping: one warning per OUTAGE_WARNING_INTERVAL_S at most
         self._degraded = False
+        self._permissive_answers = 0
+        self._next_warning = 0.0
 
     def __repr__(self) -> str:
         kind = "cluster" if self.cluster else "standalone"
@@ -338,11 +417,15 @@ class RedisTokenStore(TokenStore):
             "socket_timeout": self.socket_timeout_s,
             "socket_connect_timeout": self.connect_timeout_s,
             "decode_responses": True,
+            "max_connections": self.pool_size,
         }
         url, credentials = _without_credentials(self._url)
         if self.cluster:
             from redis.asyncio.cluster import RedisCluster
 
+            # redis-py's cluster pool per node does not block (it raises
+            # MaxConnectionsError); the store's gate keeps the round trips in
+            # flight at pool_size, so no node is ever asked for more.
             return RedisCluster.from_url(url, **options, **credentials)
         # Fail fast: one attempt per call, so a dead server is reported within
         # one timeout rather than after a series of retries.
@@ -360,6 +443,12 @@ class RedisTokenStore(TokenStore):
                 **options,
             )
             return sentinel.master_for(service, db=db, **{k: v for k, v in auth.items() if v})
+        # Bounded at pool_size, and never asked for more: the store's gate
+        # lets at most pool_size round trips through at once and does the
+        # waiting, with the call's deadline. Not redis-py's
+        # BlockingConnectionPool: its Condition, timeout and metrics cost
+        # ~20 us a call (15% of a loopback check), and its give-up is a plain
+        # ConnectionError that reads like an outage.
         return redis.Redis.from_url(url, **options, **credentials)
 
     @property
@@ -367,6 +456,9 @@ class RedisTokenStore(TokenStore):
         """The redis-py client (created on first use, never connected by the constructor)."""
         if self._client is None:
             self._client = self._connect()
+            self._pool_gate = asyncio.Semaphore(self.pool_size)
+            self._cluster_pending = self.cluster
+            self._cluster_lock = asyncio.Lock()
             self._scripts = {
                 name: self._client.register_script(source)
                 for name, source in (
@@ -411,16 +503,54 @@ class RedisTokenStore(TokenStore):
     # --- error handling -----------------------------------------------------------
 
     def _error(self, what: str, error: BaseException) -> TokenStoreError:
-        detail = scrub_text(str(error).splitlines()[0]) if str(error) else type(error).__name__
-        return TokenStoreError(
-            f"{what} failed on Redis at {self.url}: {type(error).__name__}: {detail}"
-        )
+        from redis.exceptions import MaxConnectionsError
 
-    async def _call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        detail = scrub_text(str(error).splitlines()[0]) if str(error) else type(error).__name__
+        message = f"{what} failed on Redis at {self.url}: {type(error).__name__}: {detail}"
+        if isinstance(error, MaxConnectionsError):  # redis-py's own bound, behind the gate
+            return _PoolExhaustedError(
+                f"{message} (connection pool exhausted; raise tokens.pool_size, "
+                f"now {self.pool_size})"
+            )
+        return _UnreachableError(message) if _is_outage(error) else TokenStoreError(message)
+
+    async def _turn(self, what: str) -> None:
+        """Wait for one of the ``pool_size`` places for a round trip, at most
+        ``pool_timeout_s``; past that, a :class:`_PoolExhaustedError` error."""
+        gate = self._pool_gate
+        assert gate is not None  # created with the client
+        if not gate.locked():
+            await gate.acquire()  # a free place: taken without yielding
+            return
+        start = time.monotonic()
+        try:
+            async with asyncio.timeout(self.pool_timeout_s):
+                await gate.acquire()
+        except TimeoutError:
+            waited = time.monotonic() - start
+            raise _PoolExhaustedError(
+                f"{what} failed: Redis connection pool exhausted at {self.url}: waited "
+                f"{waited:.2f} s for a connection (tokens.pool_timeout_s="
+                f"{self.pool_timeout_s:g}), all {self.pool_size} busy; raise "
+                "tokens.pool_size (Redis is reachable: this is load, not an outage)"
+            ) from None
+
+    async def _call(
+        self, what: str, operation: Callable[[], Awaitable[T]], *, gated: bool = True
+    ) -> T:
+        """Run ``operation`` (its round trips one after another) with Redis errors
+        mapped to :class:`TokenStoreError`. ``gated``: it takes one turn at the
+        pool first; an operation that sends round trips side by side takes a
+        turn for each itself (``gated=False``)."""
         from redis.exceptions import RedisClusterException, RedisError
 
         cancels = _cancel_requests()
+        if gated:
+            self.client  # noqa: B018 - creates the client and its gate
+            await self._turn(what)
         try:
+            if self._cluster_pending:
+                await self._initialise_cluster()
             result = await operation()
         # RedisClusterException is not a RedisError ("Cluster mode is not
         # enabled on this node", no reachable startup node)
@@ -428,28 +558,74 @@ class RedisTokenStore(TokenStore):
             # a connection torn down by the cancellation is not an outage
             _honour_cancel(cancels)
             raise self._error(what, error) from error
+        finally:
+            if gated:
+                self._gate_release()
         _honour_cancel(cancels)
         if self._degraded:
-            self._degraded = False
-            _log.warning("infrakit.tokens: Redis at %s answers again", self.url)
+            self._back()
         return result
+
+    async def _initialise_cluster(self) -> None:
+        lock = self._cluster_lock
+        assert lock is not None  # created with the client
+        async with lock:
+            if self._cluster_pending:
+                await self.client.initialize()
+                self._cluster_pending = False
+
+    def _gate_release(self) -> None:
+        gate = self._pool_gate
+        if gate is not None:
+            gate.release()
+
+    async def _gated(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """One round trip of an ungated :meth:`_call`, with its turn at the pool."""
+        await self._turn(what)
+        try:
+            return await operation()
+        finally:
+            self._gate_release()
+
+    def _back(self) -> None:
+        self._degraded = False
+        answered, self._permissive_answers = self._permissive_answers, 0
+        _log.warning(
+            "infrakit.tokens: Redis at %s answers again; %d token check(s) were answered "
+            "permissively (on_backend_error=fail_open) while it was unreachable",
+            self.url,
+            answered,
+        )
+
+    def _fail_open(self, error: TokenStoreError, answer: str, checks: int = 1) -> None:
+        """Re-raise ``error`` unless it is an outage and the store fails open;
+        then count the permissive answers and warn (at most once a minute)."""
+        if self.on_backend_error == "fail_closed" or not isinstance(error, _UnreachableError):
+            raise error
+        self._permissive_answers += checks
+        now = time.monotonic()
+        if now >= self._next_warning:
+            self._next_warning = now + OUTAGE_WARNING_INTERVAL_S
+            self._degraded = True
+            cause = error.__cause__
+            _log.warning(
+                "infrakit.tokens: answered %r without Redis: Redis at %s is unreachable (%s) "
+                "and on_backend_error=fail_open; %d check(s) answered permissively so far "
+                "(this warning repeats at most every %g s while it lasts)",
+                answer,
+                self.url,
+                type(cause).__name__ if cause is not None else "error",
+                self._permissive_answers,
+                OUTAGE_WARNING_INTERVAL_S,
+            )
 
     async def _check(
         self, what: str, operation: Callable[[], Awaitable[bool]], permissive: bool
     ) -> bool:
         try:
             return await self._call(what, operation)
-        except TokenStoreError:
-            if self.on_backend_error == "fail_closed":
-                raise
-            if not self._degraded:
-                self._degraded = True
-                _log.warning(
-                    "infrakit.tokens: Redis at %s is unreachable; on_backend_error=fail_open, "
-                    "so token checks answer %s until it is back",
-                    self.url,
-                    "valid" if permissive else "not revoked",
-                )
+        except TokenStoreError as error:
+            self._fail_open(error, "valid" if permissive else "not revoked")
             return permissive
 
     # --- the TokenStore protocol ----------------------------------------------------
@@ -531,9 +707,40 @@ class RedisTokenStore(TokenStore):
         )
         return bool(changed)
 
-    async def is_revoked(self, jti: str) -> bool:
+    async def _read_with_cutoff(self, jti: str, user_id: str) -> tuple[list[str | None], bool]:
+        """The token's ``r``/``e``/``c`` fields and whether its user's cutoff
+        covers it, in one round trip: the token's hash and the cutoff of
+        ``user_id`` read side by side (two slots on a cluster: one command
+        each, sent together). A token of another user than ``user_id`` costs
+        a second round trip, for its own user's cutoff."""
+        client = self.client
+        async with client.pipeline(transaction=False) as pipe:
+            pipe.hmget(self.token_key(jti), ("r", "e", "c", "u"))
+            pipe.get(self.cutoff_key(user_id))
+            (revoked, expires, created, owner), cutoff = await pipe.execute()
+        if created is None or owner is None:  # unknown, or a marker
+            return [revoked, expires, created], False
+        if owner != user_id:
+            cutoff = await client.get(self.cutoff_key(owner))
+        return [revoked, expires, created], cutoff is not None and int(created) <= int(cutoff)
+
+    async def is_revoked(self, jti: str, *, user_id: str | None = None) -> bool:
+        """True for a revoked token. With ``user_id`` (the user the token was
+        stored for, e.g. the JWT's ``sub``) the user's "log out everywhere"
+        cutoff is read in the same round trip, so a check that starts once
+        :meth:`revoke_all_for_user` has written it answers revoked even while
+        that call is still marking the user's tokens."""
         key = self.token_key(jti)
         client = self.client
+
+        if user_id is not None:
+            owner = user_id
+
+            async def check_both() -> bool:
+                (revoked, _, _), cut = await self._read_with_cutoff(jti, owner)
+                return revoked == "1" or cut
+
+            return await self._check("checking a token", check_both, permissive=False)
 
         async def check() -> bool:
             revoked: str | None = await client.hget(key, "r")
@@ -541,9 +748,21 @@ class RedisTokenStore(TokenStore):
 
         return await self._check("checking a token", check, permissive=False)
 
-    async def is_valid(self, jti: str) -> bool:
+    async def is_valid(self, jti: str, *, user_id: str | None = None) -> bool:
+        """True only for a known, unexpired, unrevoked token. ``user_id``: as for
+        :meth:`is_revoked` (same one round trip, and no window during a
+        "log out everywhere")."""
         key = self.token_key(jti)
         client = self.client
+
+        if user_id is not None:
+            owner = user_id
+
+            async def check_both() -> bool:
+                (revoked, expires, _), cut = await self._read_with_cutoff(jti, owner)
+                return revoked == "0" and not cut and int(expires or 0) > time.time() * 1_000_000
+
+            return await self._check("checking a token", check_both, permissive=True)
 
         async def check() -> bool:
             revoked, expires = await client.hmget(key, ("r", "e"))
@@ -566,45 +785,61 @@ class RedisTokenStore(TokenStore):
 
         try:
             return await self._call("checking tokens", check)
-        except TokenStoreError:
-            if self.on_backend_error == "fail_closed":
-                raise
+        except TokenStoreError as error:
+            self._fail_open(error, "not revoked", len(keys))
             return [False] * len(keys)
 
     async def revoke_all_for_user(self, user_id: str) -> int:
+        """Revoke every token of the user. The cutoff is written first (one
+        script in the user's slot); checks given the user (``user_id=``) see it
+        from then on. The tokens are then marked in batches, for checks that
+        name only the jti. Each round trip takes its own turn at the pool."""
         _check_id("user_id", user_id)
         now = time.time()
         self.client  # noqa: B018
         cancels = _cancel_requests()
+        what = "revoking a user's tokens"
 
         async def revoke_all() -> int:
-            ttl_ms, members = await self._scripts["revoke_all"](
-                keys=[self.user_key(user_id), self.cutoff_key(user_id)],
-                args=[int(now * 1_000_000), int(now * 1000), int(self.max_lifetime_s * 1000)],
+            ttl_ms, members = await self._gated(
+                what,
+                lambda: self._scripts["revoke_all"](
+                    keys=[self.user_key(user_id), self.cutoff_key(user_id)],
+                    args=[int(now * 1_000_000), int(now * 1000), int(self.max_lifetime_s * 1000)],
+                ),
             )
             marker_ttl = max(int(ttl_ms), 1000)
             revoked = 0
             mark = self._scripts["mark"]
+
+            async def mark_one(jti: str) -> int:
+                return int(
+                    await self._gated(
+                        what, lambda: mark(keys=[self.token_key(jti)], args=[user_id, marker_ttl])
+                    )
+                )
+
+            async def mark_batch(batch: list[str]) -> list[int]:
+                async with self.client.pipeline(transaction=False) as pipe:
+                    for jti in batch:
+                        await mark(
+                            keys=[self.token_key(jti)], args=[user_id, marker_ttl], client=pipe
+                        )
+                    return [int(r) for r in await pipe.execute()]
+
             for start in range(0, len(members), _MARK_BATCH):
                 _honour_cancel(cancels)  # stop between batches, not after the last one
                 batch = members[start : start + _MARK_BATCH]
                 if self.cluster:
                     # redis-py's cluster pipeline refuses scripts; the token keys
                     # live on many nodes, so send them side by side instead.
-                    results = await asyncio.gather(
-                        *(mark(keys=[self.token_key(j)], args=[user_id, marker_ttl]) for j in batch)
-                    )
+                    results = await asyncio.gather(*(mark_one(j) for j in batch))
                 else:  # one pipelined round trip per batch
-                    async with self.client.pipeline(transaction=False) as pipe:
-                        for jti in batch:
-                            await mark(
-                                keys=[self.token_key(jti)], args=[user_id, marker_ttl], client=pipe
-                            )
-                        results = await pipe.execute()
-                revoked += sum(int(r) for r in results)
+                    results = await self._gated(what, functools.partial(mark_batch, batch))
+                revoked += sum(results)
             return revoked
 
-        return await self._call("revoking a user's tokens", revoke_all)
+        return await self._call(what, revoke_all, gated=False)
 
     async def revoked_before(self, user_id: str) -> datetime | None:
         """The user's "log out everywhere" cutoff, if one is in force."""

@@ -91,13 +91,13 @@ class ShardedTokenStore(TokenStore):
         )
         return True
 
-    async def is_revoked(self, jti: str) -> bool:
+    async def is_revoked(self, jti: str, *, user_id: str | None = None) -> bool:
         if self._revoked_unknown.get(jti, 0) > time.time():
             return True
         token = self._live(jti)
         return token is not None and self._is_revoked(token)
 
-    async def is_valid(self, jti: str) -> bool:
+    async def is_valid(self, jti: str, *, user_id: str | None = None) -> bool:
         token = self._live(jti)
         return token is not None and not self._is_revoked(token)
 

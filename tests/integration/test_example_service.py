@@ -3,9 +3,16 @@ PostgreSQL, Redis and an OTLP receiver — the same app, only the profile differ
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
+import uvicorn
 
 from examples.service.__main__ import run_scenario
 from examples.service.app import create_app
@@ -77,3 +84,77 @@ class TestBadStart:
         assert "infrakit could not start" in text
         assert "redis://:***@127.0.0.1:9/0" in text
         assert "s3cret" not in text
+
+
+@asynccontextmanager
+async def _serving(app: Any) -> AsyncIterator[str]:
+    """The app under uvicorn on a free loopback port; yields its base URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = int(probe.getsockname()[1])
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app, host="127.0.0.1", port=port, log_config=None, lifespan="off", backlog=2048
+        )
+    )
+    serving = asyncio.create_task(server.serve())
+    try:
+        while not server.started:
+            if serving.done():
+                serving.result()
+                raise RuntimeError("the server stopped during start-up")
+            await asyncio.sleep(0.02)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await serving
+
+
+class TestUnderLoad:
+    """400 concurrent clients on PostgreSQL and Redis: every request answered, and
+    right (a revoked token is a 401, never a 200 or a 503), whichever on_backend_error."""
+
+    CLIENTS = 400
+
+    @pytest.mark.parametrize("on_error", ["fail_closed", "fail_open"])
+    async def test_concurrent_requests(
+        self, fresh_pg_url: str, redis_prefix: str, on_error: str
+    ) -> None:
+        environ = {"DATABASE_URL": fresh_pg_url, "REDIS_URL": "redis://127.0.0.1:6379/0"}
+        overrides = {
+            "tokens.key_prefix": redis_prefix,
+            "tokens.on_backend_error": on_error,
+            "telemetry.exporter": "none",
+            "logging.level": "WARNING",
+        }
+        assert await upgrade(load_settings("production", environ=environ)) is not None
+        app = create_app("production", environ=environ, overrides=overrides)
+        limits = httpx.Limits(max_connections=self.CLIENTS, max_keepalive_connections=0)
+        async with (
+            app.router.lifespan_context(app),
+            _serving(app) as base_url,
+            httpx.AsyncClient(base_url=base_url, timeout=120, limits=limits) as client,
+        ):
+            tokens = []
+            for _ in range(3):
+                login = await client.post(
+                    "/login", json={"username": "ann", "password": "wonderland"}
+                )
+                tokens.append({"authorization": f"Bearer {login.json()['access_token']}"})
+            live, revoked, everywhere = tokens
+            assert (await client.post("/logout", headers=revoked)).status_code == 200
+            bob = await client.post("/login", json={"username": "bob", "password": "builder"})
+            bob_auth = {"authorization": f"Bearer {bob.json()['access_token']}"}
+            assert (await client.post("/logout-all", headers=bob_auth)).status_code == 200
+            del everywhere  # ann's third session stays valid
+            plan = [(live, 200), (revoked, 401), (bob_auth, 401), (live, 200)]
+            requests = [plan[n % len(plan)] for n in range(self.CLIENTS)]
+            answers = await asyncio.gather(
+                *(client.get("/me", headers=headers) for headers, _ in requests),
+                return_exceptions=True,
+            )
+        errors = [a for a in answers if isinstance(a, BaseException)]
+        assert errors == [], f"{len(errors)} requests failed, the first: {errors[0]!r}"
+        statuses = [a.status_code for a in answers if isinstance(a, httpx.Response)]
+        wrong = [(n, s) for n, s in enumerate(statuses) if s != requests[n][1]]
+        assert wrong == [], f"{len(wrong)} wrong answers, e.g. {wrong[:5]}"

@@ -19,7 +19,7 @@ KEY = "k" * 32
 
 
 class BrokenStore:
-    async def is_valid(self, jti: str) -> bool:
+    async def is_valid(self, jti: str, *, user_id: str | None = None) -> bool:
         raise TokenStoreError("redis down")
 
 

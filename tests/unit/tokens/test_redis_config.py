@@ -24,6 +24,10 @@ class TestConstruction:
             ({"url": "redis://h", "socket_timeout_s": 0}, "socket_timeout_s"),
             ({"url": "redis://h", "on_backend_error": "ignore"}, "on_backend_error"),
             ({"url": "redis+sentinel://h:26379/m", "cluster": True}, "cannot be combined"),
+            ({"url": "redis://h", "pool_size": 0}, "tokens.pool_size: Input should be greater"),
+            ({"url": "redis://h", "pool_size": 10_001}, "tokens.pool_size: Input should be less"),
+            ({"url": "redis://h", "pool_timeout_s": 0}, "tokens.pool_timeout_s: Input should be"),
+            ({"url": "redis://h", "pool_timeout_s": float("inf")}, "tokens.pool_timeout_s"),
         ],
     )
     def test_validation(self, kwargs: dict[str, object], message: str) -> None:
@@ -39,6 +43,12 @@ class TestConstruction:
     def test_nothing_connects_until_used(self) -> None:
         store = RedisTokenStore("redis://127.0.0.1:9/0")
         assert store._client is None
+
+    def test_the_pool_is_bounded(self) -> None:
+        store = RedisTokenStore("redis://h", pool_size=7, pool_timeout_s=1.5)
+        assert store.client.connection_pool.max_connections == 7
+        cluster = RedisTokenStore("redis://h", pool_size=7, cluster=True)
+        assert cluster.client.connection_kwargs["max_connections"] == 7
 
     def test_rediss_builds_a_tls_client(self) -> None:
         store = RedisTokenStore("rediss://cache:6380/0")

@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import tracemalloc
 from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
@@ -141,6 +142,64 @@ class TestInMemoryEviction:
             MemoryTokenSettings(max_entries=0)
         with pytest.raises(ValueError, match="max_lifetime_s"):
             MemoryTokenSettings(max_lifetime_s=0)
+
+
+class TestInMemoryBounds:
+    """Memory stays bounded: per-user cutoffs and the expiry heap."""
+
+    async def test_cutoffs_of_many_users_are_capped(self) -> None:
+        users, cap = 10_000, 500
+        store = InMemoryTokenStore(100, max_revocations=cap)
+        await store.revoke_all_for_user("warm-up")
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for n in range(users):
+                await store.revoke_all_for_user(f"user-{n:08d}")
+            grown = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert len(store._cutoffs) <= cap
+        # a cutoff costs a few hundred bytes: 2 KB each for the cap is generous,
+        # and well below what 10,000 kept cutoffs take (about 2.5 MB)
+        assert grown < cap * 2048, f"{grown} bytes for {users} users"
+        # the newest users keep theirs; the oldest went first
+        assert await store.revoked_before(f"user-{users - 1:08d}") is not None
+        assert await store.revoked_before("user-00000000") is None
+
+    async def test_a_capped_cutoff_keeps_its_users_tokens_revoked(self) -> None:
+        store = InMemoryTokenStore(100, max_revocations=2)
+        await store.store("j", "alice", soon())
+        await store.revoke_all_for_user("alice")
+        for n in range(5):
+            await store.revoke_all_for_user(f"other-{n}")
+        assert await store.revoked_before("alice") is None  # the cutoff itself went
+        assert not await store.is_valid("j")  # the token it revoked did not come back
+        assert await store.is_revoked("j")
+
+    async def test_cutoffs_expire_with_the_token_lifetime(self) -> None:
+        store = InMemoryTokenStore(100, max_lifetime_s=0.05)
+        await store.revoke_all_for_user("old")
+        await asyncio.sleep(0.06)  # no token created before the cutoff lives on now
+        await store.revoke_all_for_user("new")  # a writer purges what expired
+        assert list(store._cutoffs) == ["new"]
+
+    async def test_restoring_one_jti_keeps_the_heap_small(self) -> None:
+        store = InMemoryTokenStore(100)
+        base = soon(600)
+        for n in range(20_000):  # every store extends the lifetime by 1 us
+            await store.store("same", "u", base + timedelta(microseconds=n))
+        assert len(store._expiries) <= 2 * len(store._tokens) + 64
+        token = await store.get("same")
+        assert token is not None
+        assert token.expires_at == base + timedelta(microseconds=19_999)
+
+    async def test_the_heap_is_bounded_by_distinct_jtis(self) -> None:
+        store = InMemoryTokenStore(10_000)
+        base = soon(600)
+        for n in range(20_000):
+            await store.store(f"j{n % 100}", "u", base + timedelta(microseconds=n))
+        assert len(store._expiries) <= 2 * 100 + 64
 
 
 class TestWiring:
