@@ -442,14 +442,18 @@ class RedisTokenStore(TokenStore):
                 },
                 **options,
             )
-            return sentinel.master_for(service, db=db, **{k: v for k, v in auth.items() if v})
+            master = sentinel.master_for(service, db=db, **{k: v for k, v in auth.items() if v})
+            _share_tls_context(master.connection_pool)
+            return master
         # Bounded at pool_size, and never asked for more: the store's gate
         # lets at most pool_size round trips through at once and does the
         # waiting, with the call's deadline. Not redis-py's
         # BlockingConnectionPool: its Condition, timeout and metrics cost
         # ~20 us a call (15% of a loopback check), and its give-up is a plain
         # ConnectionError that reads like an outage.
-        return redis.Redis.from_url(url, **options, **credentials)
+        client = redis.Redis.from_url(url, **options, **credentials)
+        _share_tls_context(client.connection_pool)
+        return client
 
     @property
     def client(self) -> Any:
@@ -894,3 +898,33 @@ BACKEND = Backend(
     modules=("redis",),
     description="Redis (standalone, Sentinel or Cluster) token store",
 )
+
+
+def _share_tls_context(pool: Any) -> None:
+    """One TLS context for every connection of ``pool``.
+
+    redis-py builds an ``SSLContext`` per connection, and
+    ``ssl.create_default_context()`` reads the system's CA bundle each time:
+    tens of milliseconds of CPU on the event loop per new connection. A burst
+    of 50 new ``rediss://`` connections blocked the loop for seconds, long
+    enough for connects to time out (an "outage" made by the client). A
+    context is meant to be shared by connections with the same settings, and
+    a pool's connections all have the same.
+    """
+    from redis.asyncio.connection import SSLConnection
+
+    base = pool.connection_class
+    if not (isinstance(base, type) and issubclass(base, SSLConnection)):
+        return
+    shared: list[Any] = []
+
+    class SharedContextConnection(base):  # type: ignore[misc, valid-type]
+        def __init__(self, **kwargs: Any) -> None:
+            super().__init__(**kwargs)
+            if shared:
+                self.ssl_context = shared[0]  # built once, on first connect
+            else:
+                shared.append(self.ssl_context)
+
+    SharedContextConnection.__name__ = SharedContextConnection.__qualname__ = base.__name__
+    pool.connection_class = SharedContextConnection

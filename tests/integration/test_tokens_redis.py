@@ -7,6 +7,7 @@ import contextlib
 import logging
 import os
 import signal
+import ssl
 import uuid
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -130,6 +131,30 @@ class TestRedisTLS(TokenStoreContract):
             return store
 
         return make
+
+    async def test_a_burst_of_connections_builds_one_tls_context(
+        self, redis_tls: Any, redis_prefix: str, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        """redis-py builds an SSLContext per connection, each reading the system
+        CA bundle on the event loop: 50 new connections at once blocked the loop
+        for 1-7 s here, and connects timed out. The store's pool shares one."""
+        built: list[ssl.SSLContext] = []
+        create = ssl.create_default_context
+
+        def counting(*args: Any, **kwargs: Any) -> ssl.SSLContext:
+            built.append(create(*args, **kwargs))
+            return built[-1]
+
+        monkeypatch.setattr(ssl, "create_default_context", counting)
+        store = RedisTokenStore(redis_tls.url, key_prefix=redis_prefix, max_lifetime_s=86_400)
+        await store.start()
+        try:
+            await asyncio.gather(*(store.store(f"j{n}", "u", soon()) for n in range(50)))
+            pool = store.client.connection_pool
+            assert len(pool._available_connections) + len(pool._in_use_connections) > 1
+        finally:
+            await store.aclose()
+        assert len(built) == 1
 
 
 class TestKeysAndTTLs:
