@@ -127,9 +127,7 @@ def create_app(profile: str | None = None, **load_settings_kwargs: Any) -> FastA
         """Public: the status only. Hosts, users and database names are for
         operators (``/health/details`` or ``infrakit check``), not the internet."""
         report = await (await get_infra(request)).health(timeout_s=2.0)
-        return JSONResponse(
-            {"status": "up" if report.ok else "down"}, status_code=200 if report.ok else 503
-        )
+        return JSONResponse({"status": report.status}, status_code=200 if report.ok else 503)
 
     @app.get("/health/details")
     async def health_details(

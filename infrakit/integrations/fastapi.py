@@ -40,6 +40,7 @@ __all__ = [
     "get_db_session",
     "get_infra",
     "get_token_store",
+    "health_routes",
     "install",
     "lifespan",
     "require_token",
@@ -84,12 +85,19 @@ def lifespan(
 
 
 def install(
-    app: Any, profile: str | InfraSettings | None = None, **load_settings_kwargs: Any
+    app: Any,
+    profile: str | InfraSettings | None = None,
+    *,
+    health: str | None = "/health",
+    **load_settings_kwargs: Any,
 ) -> InfraSettings:
-    """Give ``app`` the kit: the lifespan above and ``TracingMiddleware``
-    (with the profile's excluded paths). Returns the loaded settings."""
+    """Give ``app`` the kit: the lifespan above, ``TracingMiddleware`` (with
+    the profile's excluded paths) and, unless ``health=None``, the probes of
+    :func:`health_routes` under ``health``. Returns the loaded settings."""
     settings = _settings(profile, **load_settings_kwargs)
     app.router.lifespan_context = lifespan(settings)
+    if health is not None:
+        health_routes(app, prefix=health)
     native = getattr(app, "_telemetry", None)
     if isinstance(native, dict) and "tracing" in native:
         # Recent FastAPI traces natively through OTel's global provider, which
@@ -100,6 +108,38 @@ def install(
         excluded_paths=tuple(settings.telemetry.excluded_paths),
     )
     return settings
+
+
+def health_routes(app: Any, *, prefix: str = "/health", timeout_s: float = 2.0) -> None:
+    """Add ``GET {prefix}/live`` and ``GET {prefix}/ready``, for orchestrators.
+
+    - live: 200 ``{"status": "up"}`` while the process answers requests; it
+      asks no backend (a database outage must not get the pod restarted);
+    - ready: one round of health checks (each within ``timeout_s``): 200 with
+      ``{"status": "up"}`` or ``{"status": "degraded"}`` (telemetry in
+      trouble: requests still work), 503 with ``{"status": "down"}`` when the
+      database, the token store or the audit log cannot answer, or the kit is
+      not running.
+
+    Both answer with the status only: hosts, users and errors are for
+    operators (``infrakit check``, or a route of yours behind authentication
+    serving ``(await infra.health()).to_dict()``).
+    """
+    from starlette.responses import JSONResponse
+
+    async def live(request: Request) -> JSONResponse:
+        return JSONResponse({"status": "up"})
+
+    async def ready(request: Request) -> JSONResponse:
+        infra = getattr(request.app.state, "infra", None)
+        if not isinstance(infra, Infra):
+            return JSONResponse({"status": "down"}, status_code=503)
+        report = await infra.health(timeout_s=timeout_s)
+        return JSONResponse({"status": report.status}, status_code=200 if report.ok else 503)
+
+    base = prefix.rstrip("/")
+    app.router.add_route(f"{base}/live", live, methods=["GET"], include_in_schema=False)
+    app.router.add_route(f"{base}/ready", ready, methods=["GET"], include_in_schema=False)
 
 
 # --- dependencies ------------------------------------------------------------------

@@ -136,3 +136,23 @@ class TestDegraded:
         line = next(line for line in out.splitlines() if line.strip().startswith("database"))
         assert "postgresql+asyncpg://app:***@127.0.0.1:9/db" in line  # named, masked
         assert "pw@" not in out + err
+
+
+class TestReadinessEndpoint:
+    """What a Kubernetes probe gets from the FastAPI integration."""
+
+    async def test_collector_down_is_ready_and_degraded(self) -> None:
+        import httpx
+        from fastapi import FastAPI
+
+        from infrakit.integrations.fastapi import install
+
+        app = FastAPI()
+        install(app, load_settings("production", environ={}, overrides=production(CLOSED)))
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            ready = await client.get("/health/ready")
+        assert (ready.status_code, ready.json()) == (200, {"status": "degraded"})

@@ -11,9 +11,11 @@ import pytest
 from fastapi import Depends, FastAPI
 from sqlalchemy import text
 
+from infrakit.component import HealthResult
 from infrakit.errors import TokenStoreError
 from infrakit.integrations.fastapi import get_db_session, get_infra, install, require_token
 from infrakit.testing import override
+from infrakit.tokens import InMemoryTokenStore
 
 KEY = "k" * 32
 
@@ -180,3 +182,41 @@ class TestNoDoubleSpans:
         assert [s.name for s in ours] == ["GET /ping"]
         assert theirs.finished_spans() == ()
         theirs.shutdown()
+
+
+class DownStore(InMemoryTokenStore):
+    """A real store whose backend says it is down."""
+
+    async def health_check(self) -> HealthResult:
+        return HealthResult(False, 0.0, "redis at redis://:***@cache:6379/0 refused")
+
+
+class TestHealthProbes:
+    """/health/live and /health/ready, as an orchestrator polls them."""
+
+    async def test_live_and_ready(self, app: FastAPI) -> None:
+        live = await call(app, "GET", "/health/live")
+        ready = await call(app, "GET", "/health/ready")
+        assert (live.status_code, live.json()) == (200, {"status": "up"})
+        assert (ready.status_code, ready.json()) == (200, {"status": "up"})
+
+    async def test_a_component_requests_need_is_down(self, app: FastAPI) -> None:
+        with override(app.state.infra, tokens=DownStore()):
+            ready = await call(app, "GET", "/health/ready")
+            live = await call(app, "GET", "/health/live")
+        # status only: no host, user or error for an anonymous caller
+        assert (ready.status_code, ready.json()) == (503, {"status": "down"})
+        assert live.status_code == 200  # liveness asks no backend
+
+    async def test_not_started_is_not_ready(self) -> None:
+        application = make_app()  # no lifespan run
+        ready = await call(application, "GET", "/health/ready")
+        assert (ready.status_code, ready.json()) == (503, {"status": "down"})
+
+    async def test_another_prefix_or_none(self) -> None:
+        moved, bare = FastAPI(), FastAPI()
+        install(moved, "test", environ={}, health="/_probe")
+        install(bare, "test", environ={}, health=None)
+        async with moved.router.lifespan_context(moved), bare.router.lifespan_context(bare):
+            assert (await call(moved, "GET", "/_probe/ready")).status_code == 200
+            assert (await call(bare, "GET", "/health/ready")).status_code == 404
