@@ -195,6 +195,14 @@ class TelemetrySettings(BackendSettings):
         description="Path globs (whole-path) the middleware does not trace.",
     )
     instrument: InstrumentSettings = Field(default_factory=InstrumentSettings)
+    shutdown_timeout_s: float = Field(
+        2.0,
+        gt=0,
+        le=300,
+        allow_inf_nan=False,
+        description="Seconds stopping may spend exporting what is still buffered; "
+        "the rest is dropped, with one warning.",
+    )
 
     def exporters(self, context: Any) -> Any:
         """Build the span exporter, span processor and metric reader (each

@@ -213,10 +213,42 @@ class TelemetryProvider(Component):
         # a later provider instruments again, to its own tracer provider
         for instrumentor in instrumented:
             instrumentor.uninstrument()
-        if tracer_provider is not None:
-            tracer_provider.shutdown()
-        if meter_provider is not None:
-            meter_provider.shutdown()
+        if tracer_provider is not None or meter_provider is not None:
+            self._stop_exporting(tracer_provider, meter_provider)
+
+    def _stop_exporting(
+        self, tracer_provider: TracerProvider | None, meter_provider: MeterProvider | None
+    ) -> None:
+        """Flush and stop the SDK providers, for at most ``shutdown_timeout_s``.
+
+        An exporter whose collector is down or hangs retries until its own
+        timeout (6-7 s measured with OTLP): stopping the application must not
+        wait for that. Past the bound, the flush goes on in a daemon thread
+        (it never holds the process up) and what it had not exported is given up.
+        """
+        done = threading.Event()
+
+        def stop() -> None:
+            try:
+                if tracer_provider is not None:
+                    tracer_provider.shutdown()
+                if meter_provider is not None:
+                    meter_provider.shutdown()
+            except Exception:  # noqa: BLE001 - stopping must not fail the application
+                _log.warning("infrakit.telemetry: stopping the exporters failed", exc_info=True)
+            finally:
+                done.set()
+
+        bound = self.settings.shutdown_timeout_s
+        threading.Thread(target=stop, name="infrakit-telemetry-shutdown", daemon=True).start()
+        if not done.wait(bound):
+            _log.warning(
+                "infrakit.telemetry: stopped without exporting everything: spans and metrics "
+                "still buffered after %g s (telemetry.shutdown_timeout_s) were dropped; "
+                "the %s exporter had not delivered them (is the collector down?)",
+                bound,
+                self.settings.exporter,
+            )
 
     # --- tests and health ---------------------------------------------------------
 

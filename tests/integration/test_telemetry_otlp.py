@@ -183,6 +183,30 @@ class TestCollectorTrouble:
         finally:
             await asyncio.to_thread(provider.shutdown)
 
+    async def test_stopping_does_not_wait_for_a_hanging_collector(
+        self, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        """Shutdown's final flush is bounded by telemetry.shutdown_timeout_s: the
+        receiver holds the export (and would for the exporter's 120 s timeout),
+        yet shutdown returns, saying what it dropped."""
+        hanging = OtlpReceiver(grpc=False, hang=True).start()
+        provider = _provider(hanging.http_endpoint, timeout_s=120.0, shutdown_timeout_s=0.5)
+        try:
+            assert await _ok_requests(app_with(provider), 10) == 10  # queued, not yet exported
+            with caplog.at_level(logging.WARNING):
+                # generous guard only: without the bound this waits 120 s
+                await asyncio.wait_for(asyncio.to_thread(provider.shutdown), timeout=60)
+            # the final export was sent and is still held, unanswered
+            assert await asyncio.to_thread(hanging.wait_for_held, 1) == 1
+            assert hanging.requests == 0
+            (warning,) = [
+                r.getMessage() for r in caplog.records if "stopped without" in r.getMessage()
+            ]
+            assert "after 0.5 s (telemetry.shutdown_timeout_s) were dropped" in warning
+        finally:
+            hanging.release()
+            hanging.stop()
+
 
 class TestConcurrency:
     """1,000 concurrent requests: every span ends, no context leaks."""
