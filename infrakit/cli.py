@@ -21,6 +21,7 @@ from infrakit.errors import InfrastructureError
 from infrakit.scrub import scrub_text
 from infrakit.settings.loader import load_settings, parse_value
 from infrakit.settings.models import InfraSettings, flatten
+from infrakit.values import install_line
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -319,6 +320,86 @@ def cmd_check(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_otlp_receiver(args: argparse.Namespace) -> int:
+    """A local OTLP collector for development: print what arrives until Ctrl-C."""
+    import signal
+    import threading
+
+    try:
+        from infrakit.testing.otlp import OtlpReceiver, ReceivedSpan
+    except ImportError as error:  # pragma: no cover - the otlp extra brings both
+        raise _UsageError(f"otlp-receiver needs {install_line('otlp')}") from error
+    printing = threading.Lock()
+
+    def spans(received: list[ReceivedSpan]) -> None:
+        with printing:
+            for span in received:
+                service = span.resource.get("service.name", "?")
+                status = {0: "", 1: " OK", 2: " ERROR"}.get(span.status_code, "")
+                attributes = scrub_text(json.dumps(span.attributes, default=str, sort_keys=True))
+                print(f"span  {service}  {span.name}{status}  trace={span.trace_id}  {attributes}")
+            sys.stdout.flush()
+
+    def metrics(names: list[str]) -> None:
+        with printing:
+            print(f"metrics  {', '.join(sorted(set(names)))}", flush=True)
+
+    receiver = OtlpReceiver(
+        host=args.host,
+        http_port=args.http_port,
+        grpc_port=args.grpc_port,
+        keep=False,
+        on_spans=spans,
+        on_metrics=metrics,
+    )
+    try:
+        receiver.start()
+    except (OSError, RuntimeError) as error:
+        print(
+            f"infrakit: error: cannot listen for OTLP on {args.host} ({error}); "
+            "another collector running? choose ports with --http-port/--grpc-port",
+            file=sys.stderr,
+        )
+        return EXIT_FAILED
+    stop = threading.Event()
+    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print(
+        f"listening for OTLP: {receiver.http_endpoint} (http/protobuf), "
+        f"{receiver.grpc_endpoint} (grpc); Ctrl-C stops",
+        flush=True,
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        receiver.stop()
+    return EXIT_OK
+
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"a port is 0-65535 (0: any free one), got {value}")
+    return value
+
+
+def _add_otlp_receiver(sub: Any) -> None:
+    receiver = sub.add_parser(
+        "otlp-receiver",
+        help="a local OTLP collector for development: print the spans that arrive",
+    )
+    receiver.add_argument("--host", default="127.0.0.1", help="address to listen on")
+    receiver.add_argument("--http-port", type=_port, default=4318, help="OTLP/HTTP port (4318)")
+    receiver.add_argument("--grpc-port", type=_port, default=4317, help="OTLP/gRPC port (4317)")
+    receiver.set_defaults(func=cmd_otlp_receiver)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="infrakit", description="Configuration-driven infrastructure kit.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show tracebacks on errors")
@@ -400,6 +481,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--timeout", type=_timeout, default=5.0, help="seconds per component (default 5)"
     )
     describe.set_defaults(func=cmd_describe)
+
+    _add_otlp_receiver(sub)
     return parser
 
 

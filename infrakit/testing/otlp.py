@@ -13,6 +13,7 @@ from __future__ import annotations
 import gzip
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -75,9 +76,27 @@ def _received(span: Any, resource: dict[str, Any], scope: str) -> ReceivedSpan:
 class OtlpReceiver:
     """Collects spans and metric names sent over OTLP/HTTP and OTLP/gRPC."""
 
-    def __init__(self, *, grpc: bool = True, hang: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        grpc: bool = True,
+        hang: bool = False,
+        host: str = "127.0.0.1",
+        http_port: int = 0,
+        grpc_port: int = 0,
+        keep: bool = True,
+        on_spans: Callable[[list[ReceivedSpan]], None] | None = None,
+        on_metrics: Callable[[list[str]], None] | None = None,
+    ) -> None:
         """``hang=True``: accept each OTLP/HTTP export and hold it unanswered until
-        :meth:`release` (then answer it normally) or :meth:`stop` (then drop it)."""
+        :meth:`release` (then answer it normally) or :meth:`stop` (then drop it).
+        Ports 0 pick free ones. ``keep=False`` keeps no span or metric name (a
+        long-running receiver); ``on_spans``/``on_metrics`` see each export's."""
+        self._host = host
+        self._ports = (http_port, grpc_port)
+        self._keep = keep
+        self._on_spans = on_spans
+        self._on_metrics = on_metrics
         self._lock = threading.Lock()
         self.spans: list[ReceivedSpan] = []
         self.metric_names: list[str] = []
@@ -111,8 +130,11 @@ class OtlpReceiver:
             for span in scope_spans.spans
         ]
         with self._lock:
-            self.spans.extend(found)
+            if self._keep:
+                self.spans.extend(found)
             self.requests += 1
+        if self._on_spans is not None and found:
+            self._on_spans(found)
 
     def _take_metrics(self, payload: bytes) -> None:
         from opentelemetry.proto.collector.metrics.v1.metrics_service_pb2 import (
@@ -131,8 +153,11 @@ class OtlpReceiver:
             for metric in scope_metrics.metrics
         ]
         with self._lock:
-            self.metric_names.extend(names)
+            if self._keep:
+                self.metric_names.extend(names)
             self.requests += 1
+        if self._on_metrics is not None and names:
+            self._on_metrics(names)
 
     # --- servers ----------------------------------------------------------------
 
@@ -197,17 +222,23 @@ class OtlpReceiver:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(Traces(), server)  # type: ignore[no-untyped-call]
         metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(Metrics(), server)  # type: ignore[no-untyped-call]
-        self.grpc_port = server.add_insecure_port("127.0.0.1:0")
+        self.grpc_port = server.add_insecure_port(f"{self._host}:{self._ports[1]}")
+        if not self.grpc_port:  # grpc answers 0 instead of raising
+            raise OSError(f"cannot listen on {self._host}:{self._ports[1]} (gRPC): in use?")
         server.start()
         self._grpc = server
 
     def start(self) -> OtlpReceiver:
-        self._http = ThreadingHTTPServer(("127.0.0.1", 0), self._http_handler())
+        self._http = ThreadingHTTPServer((self._host, self._ports[0]), self._http_handler())
         self._http.daemon_threads = True
         self.http_port = self._http.server_address[1]
         threading.Thread(target=self._http.serve_forever, daemon=True).start()
         if self._want_grpc:
-            self._start_grpc()
+            try:
+                self._start_grpc()
+            except BaseException:
+                self.stop()
+                raise
         return self
 
     def release(self) -> None:
@@ -233,11 +264,11 @@ class OtlpReceiver:
 
     @property
     def http_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.http_port}"
+        return f"http://{self._host}:{self.http_port}"
 
     @property
     def grpc_endpoint(self) -> str:
-        return f"http://127.0.0.1:{self.grpc_port}"
+        return f"http://{self._host}:{self.grpc_port}"
 
     def wait_for_spans(self, count: int, timeout_s: float = 10.0) -> list[ReceivedSpan]:
         """Spans received so far, once at least ``count`` arrived (or the timeout)."""

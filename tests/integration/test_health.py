@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -156,3 +159,79 @@ class TestReadinessEndpoint:
         ):
             ready = await client.get("/health/ready")
         assert (ready.status_code, ready.json()) == (200, {"status": "degraded"})
+
+
+class TestLocalCollector:
+    """`infrakit otlp-receiver`: the production-shaped demo on one machine."""
+
+    @staticmethod
+    def start(*argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [sys.executable, "-m", "infrakit", "otlp-receiver", *argv],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+
+    @staticmethod
+    def lines_until(process: subprocess.Popen[str], marker: str) -> list[str]:
+        """stdout lines up to the first holding ``marker`` (a generous guard against a hang)."""
+        seen: list[str] = []
+        done = threading.Event()
+
+        def read() -> None:
+            assert process.stdout is not None
+            for line in process.stdout:
+                seen.append(line)
+                if marker in line:
+                    done.set()
+                    return
+
+        threading.Thread(target=read, daemon=True).start()
+        assert done.wait(60), f"no {marker!r} in {seen}"
+        return seen
+
+    def test_prints_what_arrives_and_check_says_up(
+        self, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        from infrakit.settings.models import ServiceSettings
+        from infrakit.telemetry import TelemetryProvider
+        from tests.integration.redisprocs import free_port
+
+        http_port, grpc_port = free_port(), free_port()
+        process = self.start("--http-port", str(http_port), "--grpc-port", str(grpc_port))
+        try:
+            self.lines_until(process, "listening for OTLP")
+            for protocol, port in (("http/protobuf", http_port), ("grpc", grpc_port)):
+                provider = TelemetryProvider(
+                    otlp(f"http://127.0.0.1:{port}", protocol),
+                    ServiceSettings(name="orders"),
+                )
+                provider.initialize()
+                with provider.tracer.start_as_current_span(f"checkout-{port}") as span:
+                    span.set_attribute("password", "hunter2")
+                provider.shutdown()
+                line = self.lines_until(process, f"checkout-{port}")[-1]
+                assert line.startswith(f"span  orders  checkout-{port}")
+                assert "hunter2" not in line
+            argv = ["check", "production", "--timeout", "10"]
+            for key, value in production(f"http://127.0.0.1:{http_port}").items():
+                argv += ["--set", f"{key}={value}"]
+            assert main(argv) == 0
+            out, err = capsys.readouterr()
+            assert "degraded" not in out + err
+        finally:
+            process.send_signal(signal.SIGTERM)
+            code = process.wait(timeout=60)
+            for pipe in (process.stdout, process.stderr):
+                if pipe is not None:
+                    pipe.close()
+        assert code == 0
+
+    def test_a_port_in_use(self, not_a_collector: str) -> None:
+        port = not_a_collector.rsplit(":", 1)[1]
+        process = self.start("--http-port", port, "--grpc-port", "0")
+        _, err = process.communicate(timeout=60)
+        assert process.returncode == 1
+        assert "cannot listen for OTLP" in err
+        assert "--http-port" in err
