@@ -94,17 +94,9 @@ def _log_to_stderr(settings: InfraSettings) -> None:
     """The kit's own log lines (a migration applied while starting, say) go to
     stderr through the profile's redacting pipeline: stdout is the command's
     answer, which ``--json`` makes a document a program reads."""
-    from infrakit.logging import configure_logging
+    from infrakit.logging import configure_logging_from
 
-    cfg = settings.logging
-    configure_logging(
-        cfg.level,
-        cfg.format,
-        additional_pii_patterns=cfg.redact.extra_patterns,
-        replacement=cfg.redact.replacement,
-        extra_params=cfg.redact.extra_params,
-        stream=sys.stderr,
-    )
+    configure_logging_from(settings.logging, stream=sys.stderr)
 
 
 def _dump(data: Any, fmt: str) -> str:
@@ -261,19 +253,9 @@ def cmd_audit_verify(args: argparse.Namespace) -> int:
 def cmd_audit_checkpoint(args: argparse.Namespace) -> int:
     """Sign the chain head now and write it where the profile sends checkpoints."""
     from infrakit.container import Infra
-    from infrakit.logging import configure_logging
 
+    # the checkpoint event goes through the profile's log pipeline (on stderr)
     settings = _load(args)
-    # the checkpoint event goes through the profile's log pipeline, as in the service
-    log = settings.logging
-    configure_logging(
-        log_level=log.level,
-        log_format=log.format,
-        development=log.development,
-        additional_pii_patterns=log.redact.extra_patterns,
-        replacement=log.redact.replacement,
-        extra_params=log.redact.extra_params,
-    )
 
     async def run() -> int:
         infra = Infra(settings)

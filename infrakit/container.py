@@ -31,7 +31,7 @@ from infrakit import registry
 from infrakit.component import Component
 from infrakit.errors import ConfigError, ConfigProblem, InfrastructureError, ShutdownError
 from infrakit.health import ComponentHealth, HealthReport, check_components, trouble
-from infrakit.logging.config import configure_logging
+from infrakit.logging.config import configure_logging_from
 from infrakit.scrub import scrub_text
 from infrakit.settings.models import InfraSettings
 
@@ -47,16 +47,7 @@ ComponentName = Literal["telemetry", "database", "tokens", "audit"]
 
 
 def _init_logging(settings: InfraSettings) -> Iterator[None]:
-    cfg = settings.logging
-    configure_logging(
-        log_level=cfg.level,
-        log_format=cfg.format,
-        development=cfg.development,
-        additional_pii_patterns=cfg.redact.extra_patterns,
-        replacement=cfg.redact.replacement,
-        extra_params=cfg.redact.extra_params,
-        traceback_locals=cfg.traceback_locals,
-    )
+    configure_logging_from(settings.logging)
     # Logging stays configured after shutdown so the last lines of the
     # application still come out; tests reset it explicitly.
     yield

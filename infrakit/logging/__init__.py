@@ -1,6 +1,6 @@
 """The logging pipeline: structlog, PII redaction, request and trace context."""
 
-from infrakit.logging.config import configure_logging, reset_logging
+from infrakit.logging.config import configure_logging, configure_logging_from, reset_logging
 from infrakit.logging.context import (
     add_request_id,
     add_trace_context,
@@ -19,6 +19,7 @@ __all__ = [
     "add_trace_context",
     "clear_request_id",
     "configure_logging",
+    "configure_logging_from",
     "get_request_id",
     "is_sensitive_key",
     "request_context",

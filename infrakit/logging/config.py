@@ -21,7 +21,13 @@ from infrakit.logging.redaction import REDACTED, PIIRedactor, safe_repr
 from infrakit.scrub import Scrubber
 from infrakit.values import LOG_LEVELS
 
-__all__ = ["LOG_LEVELS", "build_processors", "configure_logging", "reset_logging"]
+__all__ = [
+    "LOG_LEVELS",
+    "build_processors",
+    "configure_logging",
+    "configure_logging_from",
+    "reset_logging",
+]
 
 LOG_FORMATS = ("json", "console")
 
@@ -469,6 +475,22 @@ def _remove_handlers(root: logging.Logger) -> None:
         if getattr(old, "infrakit_handler", False):
             root.removeHandler(old)
             old.close()
+
+
+def configure_logging_from(section: Any, *, stream: IO[str] | None = None) -> None:
+    """:func:`configure_logging` with a profile's ``logging`` section
+    (``InfraSettings.logging``): level, format, development, redaction and
+    traceback locals as the profile says, lines to ``stream`` (stdout)."""
+    configure_logging(
+        log_level=section.level,
+        log_format=section.format,
+        development=section.development,
+        additional_pii_patterns=section.redact.extra_patterns,
+        replacement=section.redact.replacement,
+        extra_params=section.redact.extra_params,
+        traceback_locals=section.traceback_locals,
+        stream=stream,
+    )
 
 
 def reset_logging() -> None:
