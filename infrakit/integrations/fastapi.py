@@ -103,9 +103,13 @@ def install(
         # Recent FastAPI traces natively through OTel's global provider, which
         # infrakit installs: its server spans and metrics would duplicate ours.
         native.update(tracing=False, metrics=False)
+    telemetry = settings.telemetry
     app.add_middleware(
         TracingMiddleware,
-        excluded_paths=tuple(settings.telemetry.excluded_paths),
+        excluded_paths=tuple(telemetry.excluded_paths),
+        known_methods=telemetry.known_methods,
+        capture_request_headers=tuple(telemetry.capture_request_headers),
+        trusted_proxy=telemetry.trusted_proxy,
     )
     return settings
 

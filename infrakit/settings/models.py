@@ -9,6 +9,7 @@ models (field descriptions included), so they are the single source of truth.
 from __future__ import annotations
 
 import functools
+import re
 import typing
 from typing import Annotated, Any, ClassVar, Literal, Self, Union
 
@@ -48,6 +49,10 @@ __all__ = [
     "TokensSettings",
     "settings_model",
 ]
+
+
+#: An HTTP token (RFC 9110): what method and header names are made of.
+_TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 
 
 class ServiceSettings(Section):
@@ -203,11 +208,44 @@ class TelemetrySettings(BackendSettings):
         description="Seconds stopping may spend exporting what is still buffered; "
         "the rest is dropped, with one warning.",
     )
+    known_methods: list[str] | None = Field(
+        None,
+        description="HTTP methods named as they are on spans and metrics (others are "
+        "_OTHER); unset: OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS, else the conventions' list.",
+    )
+    capture_request_headers: list[str] = Field(
+        default_factory=list,
+        description="Request headers recorded on server spans as "
+        "http.request.header.<name> (opt-in; values scrubbed like any attribute).",
+    )
+    trusted_proxy: bool = Field(
+        False,
+        description="Read X-Forwarded-Host/-Proto/-For for server.address, url.scheme and "
+        "client.address (only behind a proxy that sets them).",
+    )
 
     def exporters(self, context: Any) -> Any:
         """Build the span exporter, span processor and metric reader (each
         exporter's model implements this: ``infrakit.telemetry.exporters``)."""
         raise NotImplementedError(f"the telemetry exporter {self.exporter!r} builds no exporters")
+
+    @field_validator("known_methods")
+    @classmethod
+    def _methods(cls, value: list[str] | None) -> list[str] | None:
+        for method in value or ():
+            if not _TOKEN.fullmatch(method) or method != method.upper():
+                raise ValueError(
+                    f"an HTTP method is an upper-case token like PROPFIND, got {method!r}"
+                )
+        return value
+
+    @field_validator("capture_request_headers")
+    @classmethod
+    def _headers(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _TOKEN.fullmatch(name):
+                raise ValueError(f"not an HTTP header name: {name!r}")
+        return [name.lower() for name in value]
 
     @field_validator("excluded_paths")
     @classmethod

@@ -6,7 +6,7 @@ import fnmatch
 import os
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from opentelemetry import context as otel_context
@@ -17,7 +17,7 @@ from opentelemetry.trace import SpanKind, Status, StatusCode
 from infrakit.logging.context import _request_id
 from infrakit.telemetry.provider import TelemetryProvider, get_telemetry
 
-__all__ = ["TracingMiddleware", "compile_excluded"]
+__all__ = ["DEFAULT_KNOWN_METHODS", "TracingMiddleware", "compile_excluded", "known_methods"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -25,9 +25,13 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
-_METHODS = frozenset(
+#: RFC 9110's methods and PATCH: the HTTP semantic conventions' default known methods.
+DEFAULT_KNOWN_METHODS = frozenset(
     {"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"}
 )
+#: Overrides the known methods (comma-separated), as in OpenTelemetry's instrumentations.
+KNOWN_METHODS_ENV = "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"
+_DEFAULT_PORTS = {"http": 80, "https": 443}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
 # Seconds; the HTTP semantic conventions' advice for http.server.request.duration.
 _DURATION_BUCKETS = (
@@ -60,19 +64,41 @@ def compile_excluded(patterns: Iterable[str]) -> Callable[[str], bool]:
     return lambda path: regex.match(path) is not None
 
 
+def known_methods(
+    configured: Iterable[str] | None = None, environ: Mapping[str, str] | None = None
+) -> frozenset[str]:
+    """The methods a span and a metric name as they are (others are ``_OTHER``):
+    ``configured`` (the profile's ``telemetry.known_methods``), else
+    ``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS``, else the conventions' default."""
+    if configured is not None:
+        return frozenset(configured)
+    raw = (os.environ if environ is None else environ).get(KNOWN_METHODS_ENV, "")
+    methods = frozenset(m.strip() for m in raw.split(",") if m.strip())
+    return methods or DEFAULT_KNOWN_METHODS
+
+
+_resolve_methods = known_methods  # the middleware's parameter has the same name
+
+
 class _Headers:
     """ASGI's list of byte pairs as a read-only ``get``, for us and the propagator."""
 
-    __slots__ = ("_map",)
+    __slots__ = ("_map", "_raw")
 
     def __init__(self, raw: Iterable[tuple[bytes, bytes]]) -> None:
         # first value wins, as for a single-valued header
+        self._raw = raw
         self._map: dict[str, str] = {}
         for key, value in raw:
             self._map.setdefault(key.decode("latin-1").lower(), value.decode("latin-1"))
 
     def get(self, name: str) -> str | None:
         return self._map.get(name)
+
+    def get_all(self, name: str) -> list[str]:
+        """Every value of ``name`` (lower-case), in order."""
+        wanted = name.encode("latin-1")
+        return [v.decode("latin-1") for k, v in self._raw if k.lower() == wanted]
 
 
 class _Getter:
@@ -99,7 +125,16 @@ class TracingMiddleware:
     recorded, sets ``error.type`` and answers 500); for 1xx-4xx and a client
     that went away (``CancelledError``) it stays UNSET. The response carries
     ``traceparent`` and ``x-request-id``; the request id (the caller's when
-    it is well-formed, else a new one) is in the logging context throughout.
+    it is well-formed, else a new one) is in the logging context throughout,
+    and on the span as ``infrakit.request_id``.
+
+    Attributes follow the stable HTTP semantic conventions: ``server.address``
+    and ``server.port`` from the ``Host`` header; with ``trusted_proxy``, the
+    ``X-Forwarded-Host``/``-Proto``/``-For`` headers name the server, the
+    scheme and the client; ``capture_request_headers`` (opt-in) records those
+    headers as ``http.request.header.<name>`` string arrays; ``known_methods``
+    (default: ``OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS`` or the conventions'
+    list) are named as they are, any other method is ``_OTHER``.
     """
 
     def __init__(
@@ -108,11 +143,17 @@ class TracingMiddleware:
         telemetry: TelemetryProvider | None = None,
         *,
         excluded_paths: Iterable[str] = ("/health*", "/metrics"),
+        known_methods: Iterable[str] | None = None,
+        capture_request_headers: Iterable[str] = (),
+        trusted_proxy: bool = False,
     ) -> None:
         self.app = app
         self._telemetry = telemetry
         self._excluded = compile_excluded(excluded_paths)
         self._instruments: tuple[Any, Any, Any] | None = None
+        self._methods = _resolve_methods(known_methods)
+        self._captured = tuple(dict.fromkeys(h.strip().lower() for h in capture_request_headers))
+        self._trusted_proxy = trusted_proxy
 
     def _provider(self) -> TelemetryProvider | None:
         provider = self._telemetry or get_telemetry()
@@ -171,10 +212,16 @@ class TracingMiddleware:
     ) -> None:
         _, duration, active = self._metrics(provider)
         raw_method = scope.get("method", "GET")
-        method = raw_method if raw_method in _METHODS else "_OTHER"
-        scheme = scope.get("scheme", "http")
+        method = raw_method if raw_method in self._methods else "_OTHER"
         root_path = scope.get("root_path", "")
-        attributes = _request_attributes(scope, headers, method, raw_method, request_id)
+        attributes = _request_attributes(
+            scope, headers, method, raw_method, request_id, trusted_proxy=self._trusted_proxy
+        )
+        scheme = attributes["url.scheme"]
+        for name in self._captured:
+            values = headers.get_all(name)
+            if values:
+                attributes[f"http.request.header.{name}"] = values
         parent = extract(headers, getter=_getter)  # type: ignore[arg-type]
         span_method = "HTTP" if method == "_OTHER" else method
         span = provider.tracer.start_span(
@@ -211,6 +258,8 @@ class TracingMiddleware:
             elapsed = time.perf_counter() - started
             route = _route(scope, root_path)
             metric_attrs: dict[str, Any] = {"http.request.method": method, "url.scheme": scheme}
+            if "network.protocol.version" in attributes:
+                metric_attrs["network.protocol.version"] = attributes["network.protocol.version"]
             if route is not None:
                 span.set_attribute("http.route", route)
                 metric_attrs["http.route"] = route
@@ -233,23 +282,38 @@ class TracingMiddleware:
 
 
 def _request_attributes(
-    scope: Scope, headers: _Headers, method: str, raw_method: str, request_id: str
+    scope: Scope,
+    headers: _Headers,
+    method: str,
+    raw_method: str,
+    request_id: str,
+    *,
+    trusted_proxy: bool,
 ) -> dict[str, Any]:
     """The server span's HTTP semantic-convention attributes known at the start."""
+    scheme = scope.get("scheme", "http")
+    host = headers.get("host")
+    client = scope.get("client")
+    client_address = client[0] if client else None
+    if trusted_proxy:
+        scheme = _first(headers.get("x-forwarded-proto")) or scheme
+        host = _first(headers.get("x-forwarded-host")) or host
+        client_address = _first(headers.get("x-forwarded-for")) or client_address
     attributes: dict[str, Any] = {
         "http.request.method": method,
         "url.path": scope.get("path", ""),
-        "url.scheme": scope.get("scheme", "http"),
-        "http.request.header.x_request_id": request_id,
+        "url.scheme": scheme,
+        "infrakit.request_id": request_id,
     }
     if method == "_OTHER":
         attributes["http.request.method_original"] = raw_method
-    server = scope.get("server")
-    if server:
-        attributes["server.address"], attributes["server.port"] = server[0], server[1]
-    client = scope.get("client")
-    if client:
-        attributes["client.address"] = client[0]
+    address, port = _host_and_port(host, scheme) if host else (None, None)
+    if address:
+        attributes["server.address"] = address
+        if port is not None:
+            attributes["server.port"] = port
+    if client_address:
+        attributes["client.address"] = client_address
     query = scope.get("query_string")
     if query:
         attributes["url.query"] = query.decode("latin-1")
@@ -260,6 +324,35 @@ def _request_attributes(
     if user_agent:
         attributes["user_agent.original"] = user_agent
     return attributes
+
+
+def _first(value: str | None) -> str | None:
+    """The first entry of a comma-separated forwarding header (the original client's)."""
+    if not value:
+        return None
+    first = value.split(",", 1)[0].strip()
+    return first or None
+
+
+def _host_and_port(host: str, scheme: str) -> tuple[str | None, int | None]:
+    """``Host`` (``name``, ``name:port``, ``[v6]:port``) as address and port; no
+    port in the header: the scheme's default; a malformed port: none."""
+    host = host.strip()
+    if host.startswith("["):  # an IPv6 literal
+        end = host.find("]")
+        if end == -1:
+            return None, None
+        address, rest = host[1:end], host[end + 1 :]
+        port_text = rest[1:] if rest.startswith(":") else ""
+    else:
+        address, _, port_text = host.partition(":")
+    if not address:
+        return None, None
+    if not port_text:
+        return address, _DEFAULT_PORTS.get(scheme)
+    if port_text.isdigit() and 0 < int(port_text) < 65536:
+        return address, int(port_text)
+    return address, None
 
 
 def _is_cancel(error: BaseException) -> bool:

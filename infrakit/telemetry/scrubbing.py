@@ -42,6 +42,9 @@ _TARGET_KEYS = frozenset({"http.target"})
 _URL_KEYS = frozenset({"url.full", "http.url", "url.original"})
 _SQL_KEYS = frozenset({"db.statement", "db.query.text"})
 _SPECIAL = _QUERY_KEYS | _TARGET_KEYS | _URL_KEYS | _SQL_KEYS
+#: A route template comes from the application's routing table, not from the
+#: request: ``/status/{code:int}`` is code, and ``code:int`` is no name=value pair.
+_ROUTE = "http.route"
 
 # String literals ('...' with '' escapes, E'...' too), dollar-quoted bodies,
 # and numbers standing alone: what a statement would otherwise carry inline.
@@ -85,7 +88,10 @@ class ScrubbingSpanExporter(SpanExporter):
         """``span`` with the rules applied: the same object when nothing had to
         change (the usual case), else a copy (the original is never changed)."""
         text = self._scrubber.cached_text
-        name = text(span.name)
+        name = span.name
+        route = (span.attributes or {}).get(_ROUTE)
+        if not (isinstance(route, str) and _is_route_name(name, route)):
+            name = text(name)
         attributes = self.attributes(span.attributes)
         events = span.events
         new_events = []
@@ -139,6 +145,8 @@ class ScrubbingSpanExporter(SpanExporter):
         for key, value in attributes.items():
             if keys(key):
                 new: Any = scrubber.replacement
+            elif key == _ROUTE:
+                continue
             elif type(value) is str:
                 if key not in _SPECIAL and texts.get(value) is SAME:
                     continue
@@ -168,3 +176,9 @@ class ScrubbingSpanExporter(SpanExporter):
         else:
             return scrubber.cached_text(value)
         return value if masked == value else masked
+
+
+def _is_route_name(name: str, route: str) -> bool:
+    """``name`` is the server span name the conventions give: ``{method} {route}``."""
+    method, space, rest = name.partition(" ")
+    return bool(space) and rest == route and method.isalpha()

@@ -225,7 +225,7 @@ class TestConcurrency:
             provider.shutdown()
         assert len(spans) == 1000
         assert all(s.end_time is not None for s in spans)
-        by_request = {span_attributes(s)["http.request.header.x_request_id"]: s for s in spans}
+        by_request = {span_attributes(s)["infrakit.request_id"]: s for s in spans}
         assert len(by_request) == 1000
         for response in responses:
             rid = response.headers["x-request-id"]
