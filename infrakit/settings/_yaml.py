@@ -200,7 +200,7 @@ class _Walker:
         if len(key) > MAX_KEY_CHARS:
             self.problems.append(
                 exceeded(
-                    f"key {shorten(key, 40)!r}",
+                    f"the key {shorten(key, 40, count=False)!r}",
                     "MAX_KEY_CHARS",
                     size=len(key),
                     unit="characters",

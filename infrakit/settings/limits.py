@@ -67,10 +67,12 @@ MAX_PROFILE_NAME_CHARS = 255
 MAX_PATH_CHARS = 4096
 
 
-def shorten(text: str, keep: int = 60) -> str:
+def shorten(text: str, keep: int = 60, *, count: bool = True) -> str:
     """``text`` cut for a message: a huge key or variable name is shown by its
-    start and its length, not in full."""
-    return text if len(text) <= keep else f"{text[:keep]}... ({len(text):,} characters)"
+    start (and its length, unless the message says it already)."""
+    if len(text) <= keep:
+        return text
+    return f"{text[:keep]}..." + (f" ({len(text):,} characters)" if count else "")
 
 
 def exceeded(

@@ -97,7 +97,7 @@ def _bounded_path(text: str, what: str) -> Path:
     if len(text) > MAX_PATH_CHARS:
         raise ConfigError(
             exceeded(
-                f"{what} {shorten(text)!r}",
+                f"{what} {shorten(text, count=False)!r}",
                 "MAX_PATH_CHARS",
                 size=len(text),
                 unit="characters",
@@ -173,7 +173,7 @@ def resolve_profile(
     if len(text) > MAX_PROFILE_NAME_CHARS:
         raise ConfigError(
             exceeded(
-                f"the profile name {shorten(text)!r}",
+                f"the profile name {shorten(text, count=False)!r}",
                 "MAX_PROFILE_NAME_CHARS",
                 size=len(text),
                 unit="characters",
@@ -532,7 +532,7 @@ def _resolve_extends(value: Any, where: str, base_of: Path, profiles_dir: Path) 
     if len(value) > MAX_PATH_CHARS:
         raise ConfigError(
             exceeded(
-                f"extends: {shorten(value)!r}",
+                f"extends: {shorten(value, count=False)!r}",
                 "MAX_PATH_CHARS",
                 size=len(value),
                 unit="characters",
@@ -713,7 +713,7 @@ def _env_path(name: str) -> tuple[Path_ | None, ConfigProblem | None]:
     longest = max(parts, key=len)
     if len(longest) > MAX_KEY_CHARS:
         return None, exceeded(
-            f"the name segment {shorten(longest, 40)!r}",
+            f"the name segment {shorten(longest, 40, count=False)!r}",
             "MAX_KEY_CHARS",
             size=len(longest),
             unit="characters",
