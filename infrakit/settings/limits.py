@@ -61,8 +61,9 @@ MAX_INTERPOLATIONS = 10_000
 MAX_EXPANDED_CHARS = 4 << 20  # 4 Mi characters
 #: Characters of the value of one ``INFRAKIT__`` variable or ``--set``.
 MAX_VALUE_CHARS = 1 << 20  # 1 Mi characters
-#: Characters of a profile name (a file name: most file systems allow 255 bytes).
-MAX_PROFILE_NAME_CHARS = 255
+#: Characters of a profile name: with ``.yaml``, the 255 bytes most file
+#: systems allow in a file name.
+MAX_PROFILE_NAME_CHARS = 250
 #: Characters of a profile path, of ``extends:`` and of ``INFRAKIT_PROFILES_DIR``.
 MAX_PATH_CHARS = 4096
 

@@ -252,6 +252,14 @@ class TestNames:
         text = refused(lambda: load(tmp_path, "p" * 5000), "MAX_PROFILE_NAME_CHARS")
         assert "...' is 5,000 characters" in text
 
+    def test_the_longest_name_is_a_file_name(self, tmp_path: Path) -> None:
+        name = "p" * limits.MAX_PROFILE_NAME_CHARS
+        with pytest.raises(ConfigError, match="not found"):
+            load(tmp_path, name)
+        (tmp_path / f"{name}.yaml").write_text("service: {name: long}\n", encoding="utf-8")
+        assert load(tmp_path, name).service.name == "long"
+        refused(lambda: load(tmp_path, name + "p"), "MAX_PROFILE_NAME_CHARS")
+
     def test_5000_character_profile_path(self, tmp_path: Path) -> None:
         path = str(tmp_path / ("p" * 5000)) + ".yaml"
         refused(lambda: load(tmp_path, path), "MAX_PATH_CHARS")
@@ -295,3 +303,19 @@ class TestOverrides:
         assert code == 1
         assert "--set service.name: service.name: the JSON value's nesting" in err.getvalue()
         assert "(MAX_DEPTH)" in err.getvalue()
+
+
+class TestDocumented:
+    """Every bound is in the profiles guide, with its value."""
+
+    def test_table_matches_the_constants(self) -> None:
+        guide = Path(__file__).resolve().parents[3] / "docs" / "profiles.md"
+        rows = {
+            line.split("|")[1].strip(" `"): line
+            for line in guide.read_text(encoding="utf-8").splitlines()
+            if line.startswith("| `MAX_")
+        }
+        names = [name for name in limits.__all__ if name.startswith("MAX_")]
+        assert sorted(rows) == sorted(names)
+        for name in names:
+            assert f"| {getattr(limits, name):,}" in rows[name], name
