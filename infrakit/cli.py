@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -17,7 +18,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from infrakit.errors import InfrastructureError
+from infrakit.errors import ConfigError, InfrastructureError
 from infrakit.scrub import scrub_text
 from infrakit.settings.loader import load_settings, parse_value
 from infrakit.settings.models import InfraSettings, flatten
@@ -63,6 +64,11 @@ def _overrides(pairs: list[str]) -> dict[str, Any]:
             out[key.strip()] = parse_value(value)
         except json.JSONDecodeError as exc:
             raise _UsageError(f"--set {key}: value is not valid JSON: {exc.msg}") from None
+        except ConfigError as exc:  # over one of the loader's bounds
+            where = f"--set {key.strip()}"
+            raise ConfigError(
+                [dataclasses.replace(p, key=key.strip(), where=where) for p in exc.problems]
+            ) from None
     return out
 
 

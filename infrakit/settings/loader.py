@@ -5,15 +5,22 @@ Precedence, lowest first: model defaults < profile chain (``extends``) <
 is kept so an error (or ``infrakit config show --sources``) can name the file
 and line, the env var or the override that supplied it. All problems found
 are reported together in one :class:`~infrakit.errors.ConfigError`.
+
+Every input is bounded before it is worked on (file size, ``extends`` depth,
+values, nesting, key and name lengths, integer sizes, interpolations and the
+characters they expand to): the bounds and why are in
+:mod:`infrakit.settings.limits`. Reaching one stops loading with a
+``ConfigError`` that names it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +30,20 @@ from infrakit import registry
 from infrakit.errors import ConfigError, ConfigProblem
 from infrakit.settings import _yaml
 from infrakit.settings.base import mask_value, unknown_backend
+from infrakit.settings.limits import (
+    MAX_DEPTH,
+    MAX_EXPANDED_CHARS,
+    MAX_EXTENDS,
+    MAX_INT_CHARS,
+    MAX_INTERPOLATIONS,
+    MAX_KEY_CHARS,
+    MAX_PATH_CHARS,
+    MAX_PROFILE_BYTES,
+    MAX_PROFILE_NAME_CHARS,
+    MAX_VALUE_CHARS,
+    exceeded,
+    shorten,
+)
 from infrakit.settings.models import COMPONENT_SETTINGS, InfraSettings, settings_model
 
 __all__ = [
@@ -67,8 +88,38 @@ def _display(path: Path) -> str:
 
 def _profiles_dir(profiles_dir: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path:
     if profiles_dir is not None:
-        return Path(profiles_dir)
-    return Path(environ.get(PROFILES_DIR_ENV) or "profiles")
+        return _bounded_path(os.fspath(profiles_dir), "the profiles directory")
+    text = environ.get(PROFILES_DIR_ENV) or "profiles"
+    return _bounded_path(text, PROFILES_DIR_ENV)
+
+
+def _bounded_path(text: str, what: str) -> Path:
+    if len(text) > MAX_PATH_CHARS:
+        raise ConfigError(
+            exceeded(
+                f"{what} {shorten(text, count=False)!r}",
+                "MAX_PATH_CHARS",
+                size=len(text),
+                unit="characters",
+                hint="check the path; no file system takes one this long",
+            )
+        )
+    return Path(text)
+
+
+def _exists(path: Path, *, directory: bool = False) -> bool:
+    """``is_file``/``is_dir``, a path the system refuses to look up (a name
+    longer than the file system allows: ``OSError: File name too long``) being
+    a ConfigError instead of a traceback."""
+    try:
+        return path.is_dir() if directory else path.is_file()
+    except OSError as exc:
+        raise ConfigError(
+            ConfigProblem(
+                f"cannot look up {shorten(str(path))!r}: {exc.strerror}",
+                hint="check the profile name or path",
+            )
+        ) from None
 
 
 def available_profiles(
@@ -78,7 +129,7 @@ def available_profiles(
     env = os.environ if environ is None else environ
     names: set[str] = set()
     for directory in (_profiles_dir(profiles_dir, env), EMBEDDED_PROFILES_DIR):
-        if directory.is_dir():
+        if _exists(directory, directory=True):
             names.update(p.stem for p in directory.iterdir() if p.suffix in (".yaml", ".yml"))
     return sorted(names)
 
@@ -91,7 +142,7 @@ def _find_named(name: str, directories: list[Path], *, skip: Path | None = None)
     for directory in directories:
         for suffix in (".yaml", ".yml"):
             candidate = directory / f"{name}{suffix}"
-            if candidate.is_file() and (skip is None or candidate.resolve() != skip.resolve()):
+            if _exists(candidate) and (skip is None or candidate.resolve() != skip.resolve()):
                 return candidate
     return None
 
@@ -113,11 +164,22 @@ def resolve_profile(
     text = os.fspath(profile)
     directory = _profiles_dir(profiles_dir, env)
     if isinstance(profile, os.PathLike) or _looks_like_path(text):
-        path = Path(text)
-        if path.is_file():
+        path = _bounded_path(text, "the profile path")
+        if _exists(path):
             return path
         raise ConfigError(
             ConfigProblem(f"profile file {text!r} does not exist", hint="check the path")
+        )
+    if len(text) > MAX_PROFILE_NAME_CHARS:
+        raise ConfigError(
+            exceeded(
+                f"the profile name {shorten(text, count=False)!r}",
+                "MAX_PROFILE_NAME_CHARS",
+                size=len(text),
+                unit="characters",
+                hint="a profile name is a file name without .yaml; "
+                "check what INFRAKIT_PROFILE or the profile argument holds",
+            )
         )
     if not _NAME.match(text):
         raise ConfigError(
@@ -146,12 +208,33 @@ def resolve_profile(
 
 def _read_text(path: Path) -> str:
     where = _display(path)
+
+    def too_big(size: int | None) -> ConfigError:
+        return ConfigError(
+            exceeded(
+                "the profile file",
+                "MAX_PROFILE_BYTES",
+                size=size,
+                unit="bytes",
+                where=where,
+                hint="is this the right file? A profile holds settings, not data: "
+                "keep large values (certificates, lists) in files of their own",
+            )
+        )
+
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as file:
+            size = os.fstat(file.fileno()).st_size
+            if size > MAX_PROFILE_BYTES:
+                raise too_big(size)
+            # stat can be wrong (/proc, a file still growing): read one byte past
+            raw = file.read(MAX_PROFILE_BYTES + 1)
     except OSError as exc:
         raise ConfigError(
             ConfigProblem(f"cannot read profile: {exc.strerror}", where=where)
         ) from None
+    if len(raw) > MAX_PROFILE_BYTES:
+        raise too_big(None)
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -165,12 +248,58 @@ def _read_text(path: Path) -> str:
         ) from None
 
 
+class _Sources(Mapping[Path_, str]):
+    """Where each key path's value came from, each path's children indexed so
+    that forgetting a subtree costs what it removes. (A scan of every path on
+    each change made a profile of n keys cost n**2: 60,000 keys took minutes.)"""
+
+    __slots__ = ("_children", "_known", "_source")
+
+    def __init__(self) -> None:
+        self._source: dict[Path_, str] = {}
+        self._children: dict[Path_, set[Path_]] = {}
+        self._known: set[Path_] = set()
+
+    def __getitem__(self, path: Path_) -> str:
+        return self._source[path]
+
+    def __iter__(self) -> Iterator[Path_]:
+        return iter(self._source)
+
+    def __len__(self) -> int:
+        return len(self._source)
+
+    def __setitem__(self, path: Path_, source: str) -> None:
+        self._source[path] = source
+        while path and path not in self._known:
+            self._known.add(path)
+            self._children.setdefault(path[:-1], set()).add(path)
+            path = path[:-1]
+
+    def setdefault(self, path: Path_, source: str) -> str:
+        if path not in self._source:
+            self[path] = source
+        return self._source[path]
+
+    def pop(self, path: Path_) -> None:
+        self._source.pop(path, None)
+
+    def forget_below(self, path: Path_) -> None:
+        """Drop every path under ``path`` (not ``path`` itself)."""
+        stack = list(self._children.pop(path, ()))
+        while stack:
+            child = stack.pop()
+            self._known.discard(child)
+            self._source.pop(child, None)
+            stack.extend(self._children.pop(child, ()))
+
+
 class _Layers:
     """The merged data so far and, for each key path, where it came from."""
 
     def __init__(self) -> None:
         self.data: dict[str, Any] = {}
-        self.sources: dict[Path_, str] = {}
+        self.sources = _Sources()
         self.problems: list[ConfigProblem] = []
 
     def set(self, path: Path_, value: Any, source: str) -> None:
@@ -209,9 +338,7 @@ class _Layers:
         self.sources.setdefault(path, source)
 
     def _forget(self, path: Path_) -> None:
-        n = len(path)
-        for key in [k for k in self.sources if k[:n] == path and len(k) > n]:
-            del self.sources[key]
+        self.sources.forget_below(path)
 
     def _record(self, path: Path_, value: Any, source: str) -> None:
         self.sources[path] = source
@@ -249,16 +376,33 @@ class _Layers:
         if isinstance(node, dict):
             node.pop(path[-1], None)
         self._forget(path)
-        self.sources.pop(path, None)
+        self.sources.pop(path)
 
 
-def _interpolate(text: str, environ: Mapping[str, str]) -> tuple[str, list[str], str | None]:
+class _Expansion:
+    """The variables ``${...}`` reads, and what interpolation has done so far in
+    one load (over the whole chain), to hold it to its bounds."""
+
+    __slots__ = ("chars", "environ", "references")
+
+    def __init__(self, environ: Mapping[str, str]) -> None:
+        self.environ = environ
+        self.references = 0
+        self.chars = 0
+
+
+def _interpolate(
+    text: str, budget: _Expansion, key: str, where: str
+) -> tuple[str, list[str], str | None]:
     """Expand ``${VAR}``/``${VAR:-default}``; ``$${`` is a literal ``${``.
 
-    Returns the text, the variables used, and a problem (or None).
+    Returns the text, the variables used, and a problem (or None). The result's
+    size is counted while it is built, so a bound is hit before the memory is
+    spent, not after.
     """
     used: list[str] = []
     problem: str | None = None
+    budget.chars += len(text)
 
     def replace(match: re.Match[str]) -> str:
         nonlocal problem
@@ -276,12 +420,37 @@ def _interpolate(text: str, environ: Mapping[str, str]) -> tuple[str, list[str],
             return text
         name, default = spec.group(1), spec.group(2)
         used.append(name)
-        value = environ.get(name)
+        budget.references += 1
+        if budget.references > MAX_INTERPOLATIONS:
+            raise ConfigError(
+                exceeded(
+                    "the number of ${...} references",
+                    "MAX_INTERPOLATIONS",
+                    key=key,
+                    where=where,
+                    hint="a profile needs a variable per setting, not thousands; "
+                    "set the value once",
+                )
+            )
+        value = budget.environ.get(name)
         if value is None:
             if default is None:
                 problem = problem or f"environment variable {name} is not set"
                 return text
-            return default
+            value = default
+        budget.chars += len(value) - len(text)
+        if budget.chars > MAX_EXPANDED_CHARS:
+            raise ConfigError(
+                exceeded(
+                    "the text of the interpolated values",
+                    "MAX_EXPANDED_CHARS",
+                    unit="characters",
+                    key=key,
+                    where=where,
+                    hint=f"${{{name}}} is {len(value):,} characters here; keep large "
+                    "values (certificates, lists) out of variables used many times",
+                )
+            )
         return value
 
     return _INTERPOLATION.sub(replace, text), used, problem
@@ -290,23 +459,22 @@ def _interpolate(text: str, environ: Mapping[str, str]) -> tuple[str, list[str],
 def _interpolate_tree(
     value: Any,
     path: Path_,
-    environ: Mapping[str, str],
     sources: dict[Path_, str],
     problems: list[ConfigProblem],
+    budget: _Expansion,
 ) -> Any:
     if isinstance(value, dict):
         return {
-            k: _interpolate_tree(v, (*path, k), environ, sources, problems)
-            for k, v in value.items()
+            k: _interpolate_tree(v, (*path, k), sources, problems, budget) for k, v in value.items()
         }
     if isinstance(value, list):
         return [
-            _interpolate_tree(v, (*path, str(i)), environ, sources, problems)
+            _interpolate_tree(v, (*path, str(i)), sources, problems, budget)
             for i, v in enumerate(value)
         ]
     if isinstance(value, str) and "${" in value:
-        result, used, problem = _interpolate(value, environ)
         where = sources.get(path, "")
+        result, used, problem = _interpolate(value, budget, ".".join(path), where)
         if problem is not None:
             hint = None
             if "is not set" in problem:
@@ -340,14 +508,14 @@ def _drop_missing(value: Any) -> Any:
 
 
 def _read_profile(
-    path: Path, environ: Mapping[str, str]
+    path: Path, budget: _Expansion
 ) -> tuple[dict[str, Any], dict[Path_, str], list[ConfigProblem]]:
     """One file: its interpolated data, where each key was written, and its problems."""
     where = _display(path)
     data, locations = _yaml.parse(_read_text(path), where)
     sources = {p: str(loc) for p, loc in locations.items()}
     problems: list[ConfigProblem] = []
-    data = _drop_missing(_interpolate_tree(data, (), environ, sources, problems))
+    data = _drop_missing(_interpolate_tree(data, (), sources, problems, budget))
     return data, sources, problems
 
 
@@ -361,9 +529,21 @@ def _resolve_extends(value: Any, where: str, base_of: Path, profiles_dir: Path) 
                 value=repr(value),
             )
         )
+    if len(value) > MAX_PATH_CHARS:
+        raise ConfigError(
+            exceeded(
+                f"extends: {shorten(value, count=False)!r}",
+                "MAX_PATH_CHARS",
+                size=len(value),
+                unit="characters",
+                key="extends",
+                where=where,
+                hint="name a profile or give the path to a .yaml file",
+            )
+        )
     if _looks_like_path(value):
         candidate = (base_of.parent / value).resolve()
-        if candidate.is_file():
+        if _exists(candidate):
             return candidate
         raise ConfigError(
             ConfigProblem(f"extends: file {value!r} does not exist", key="extends", where=where)
@@ -401,8 +581,20 @@ def _load_chain(
 ) -> None:
     chain: list[tuple[Path, dict[str, Any], dict[Path_, str]]] = []
     seen: list[Path] = []
+    budget = _Expansion(environ)
     current: Path | None = path
     while current is not None:
+        if len(chain) == MAX_EXTENDS:
+            raise ConfigError(
+                exceeded(
+                    "the extends chain",
+                    "MAX_EXTENDS",
+                    unit="profiles",
+                    key="extends",
+                    where=chain[-1][2].get(("extends",), _display(current)),
+                    hint="extend a profile that extends fewer others",
+                )
+            )
         resolved = current.resolve()
         if resolved in seen:
             names = " -> ".join(_display(p) for p in [*seen, resolved])
@@ -414,7 +606,7 @@ def _load_chain(
                 )
             )
         seen.append(resolved)
-        data, sources, problems = _read_profile(current, environ)
+        data, sources, problems = _read_profile(current, budget)
         layers.problems.extend(problems)
         parent = data.pop("extends", None)
         chain.append((current, data, sources))
@@ -434,29 +626,113 @@ def _load_chain(
 
 
 def parse_value(raw: str) -> Any:
-    """Env and command-line values: JSON for lists/objects, else the string."""
+    """Env and command-line values: JSON for lists/objects, else the string.
+
+    Malformed JSON raises :class:`json.JSONDecodeError`; a value over one of
+    the loader's bounds (its length, its nesting, an integer's digits) raises
+    :class:`~infrakit.errors.ConfigError` naming the bound.
+    """
+    if len(raw) > MAX_VALUE_CHARS:
+        raise ConfigError(
+            exceeded(
+                "the value",
+                "MAX_VALUE_CHARS",
+                size=len(raw),
+                unit="characters",
+                hint="set large values in a file the application reads, not in a variable",
+            )
+        )
     stripped = raw.strip()
-    if stripped[:1] in ("[", "{"):
-        return json.loads(stripped)
-    return raw
+    if stripped[:1] not in ("[", "{"):
+        return raw
+    try:
+        value = json.loads(stripped, parse_int=_json_int)
+    except RecursionError:
+        value = _TOO_DEEP
+    if value is _TOO_DEEP or not _within_depth(value):
+        raise ConfigError(
+            exceeded(
+                "the JSON value's nesting",
+                "MAX_DEPTH",
+                unit="levels",
+                hint="settings nest a few levels deep; flatten this value",
+            )
+        )
+    return value
+
+
+_TOO_DEEP = object()
+
+
+def _json_int(text: str) -> int:
+    if len(text) > MAX_INT_CHARS:
+        raise ConfigError(
+            exceeded(
+                "an integer in the JSON value",
+                "MAX_INT_CHARS",
+                size=len(text),
+                unit="characters",
+                hint="quote it if it is text; no setting takes a number this large",
+            )
+        )
+    return int(text)
+
+
+def _within_depth(value: Any) -> bool:
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            if depth >= MAX_DEPTH:
+                return False
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return True
+
+
+def _env_path(name: str) -> tuple[Path_ | None, ConfigProblem | None]:
+    """The key path of an ``INFRAKIT__A__B`` variable, or the problem with its name
+    (checked before the name is split: a name of thousands of segments is refused
+    by counting them)."""
+    rest = name[len(ENV_PREFIX) :]
+    where = f"env {shorten(name, 80)}"
+    example = "use INFRAKIT__SECTION__KEY, e.g. INFRAKIT__DATABASE__POOL_SIZE=20"
+    segments = rest.count("__") + 1
+    if segments > MAX_DEPTH:
+        return None, exceeded(
+            "the variable name's nesting",
+            "MAX_DEPTH",
+            size=segments,
+            unit="segments",
+            where=where,
+            hint=example,
+        )
+    parts = tuple(p.lower() for p in rest.split("__"))
+    if any(not p for p in parts):
+        return None, ConfigProblem("malformed variable name", where=where, hint=example)
+    longest = max(parts, key=len)
+    if len(longest) > MAX_KEY_CHARS:
+        return None, exceeded(
+            f"the name segment {shorten(longest, 40, count=False)!r}",
+            "MAX_KEY_CHARS",
+            size=len(longest),
+            unit="characters",
+            where=where,
+            hint=example,
+        )
+    return parts, None
 
 
 def _apply_env(layers: _Layers, environ: Mapping[str, str]) -> None:
-    prefix_len = len(ENV_PREFIX)
     for name in sorted(environ):
-        if not name.upper().startswith(ENV_PREFIX):
+        if name[: len(ENV_PREFIX)].upper() != ENV_PREFIX:
             continue
-        parts = tuple(p.lower() for p in name[prefix_len:].split("__"))
+        parts, problem = _env_path(name)
+        if parts is None:
+            assert problem is not None
+            layers.problems.append(problem)
+            continue
         source = f"env {name}"
-        if not parts or any(not p for p in parts):
-            layers.problems.append(
-                ConfigProblem(
-                    "malformed variable name",
-                    where=source,
-                    hint="use INFRAKIT__SECTION__KEY, e.g. INFRAKIT__DATABASE__POOL_SIZE=20",
-                )
-            )
-            continue
         try:
             value = parse_value(environ[name])
         except json.JSONDecodeError as exc:
@@ -466,6 +742,11 @@ def _apply_env(layers: _Layers, environ: Mapping[str, str]) -> None:
                     key=".".join(parts),
                     where=source,
                 )
+            )
+            continue
+        except ConfigError as exc:
+            layers.problems.extend(
+                dataclasses.replace(p, key=".".join(parts), where=source) for p in exc.problems
             )
             continue
         if len(parts) == 2:
@@ -478,7 +759,29 @@ def _flatten_overrides(overrides: Mapping[str, Any], prefix: Path_ = ()) -> list
     for key, value in overrides.items():
         if not isinstance(key, str) or not key.strip():
             raise ConfigError(ConfigProblem(f"override keys must be dotted strings, got {key!r}"))
+        if len(prefix) + key.count(".") + 1 > MAX_DEPTH:
+            raise ConfigError(
+                exceeded(
+                    "the override's nesting",
+                    "MAX_DEPTH",
+                    unit="levels",
+                    key=shorten(".".join((*prefix, key))),
+                    where="override",
+                    hint="give each setting its own dotted key",
+                )
+            )
         path = (*prefix, *key.split("."))
+        if any(len(p) > MAX_KEY_CHARS for p in path):
+            raise ConfigError(
+                exceeded(
+                    "an override key's segment",
+                    "MAX_KEY_CHARS",
+                    unit="characters",
+                    key=shorten(".".join(path)),
+                    where="override",
+                    hint="keys are setting names, e.g. database.pool_size",
+                )
+            )
         if isinstance(value, Mapping) and value:
             out.extend(_flatten_overrides(value, path))
         else:
@@ -547,7 +850,7 @@ def _split_loc(loc: tuple[Any, ...]) -> tuple[Path_, str | None]:
     return path, None
 
 
-def _source_of(path: Path_, sources: dict[Path_, str]) -> str:
+def _source_of(path: Path_, sources: Mapping[Path_, str]) -> str:
     probe = path
     while probe:
         if probe in sources:
@@ -557,7 +860,7 @@ def _source_of(path: Path_, sources: dict[Path_, str]) -> str:
 
 
 def _validation_problems(
-    exc: ValidationError, sources: dict[Path_, str], data: Mapping[str, Any]
+    exc: ValidationError, sources: Mapping[Path_, str], data: Mapping[str, Any]
 ) -> list[ConfigProblem]:
     problems: list[ConfigProblem] = []
     for error in exc.errors(include_url=False):

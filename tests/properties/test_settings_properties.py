@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import string
 import tempfile
+import tracemalloc
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -17,7 +19,7 @@ from hypothesis import strategies as st
 from infrakit import ConfigError, Infra, load_settings
 from infrakit.cli import main as cli_main
 from infrakit.database.session import SqlAlchemyDatabaseSettings
-from infrakit.settings import InfraSettings
+from infrakit.settings import InfraSettings, limits
 
 
 def load_text(content: str | bytes, **kwargs: Any) -> InfraSettings:
@@ -239,3 +241,150 @@ class TestProperty18Settings:
         settings = load_text("")
         with pytest.raises(ValueError, match=r".+"):
             Infra(settings, components={component: object()})
+
+
+# --- hostile input at small scale --------------------------------------------
+# Each generator is a pathological shape from the loader's bounds, sized so that
+# it reaches the real bound (4 Mi expanded characters, 10,000 values, 64
+# levels, 256-character keys, 100-character integers) while the input itself
+# stays small: the work of one example is capped by these sizes and the
+# loader's bounds, not by a clock.
+
+
+def _nest(depth: int, kind: str) -> str:
+    return {"flow": "[" * depth + "]" * depth, "map": "{a: " * depth + "1" + "}" * depth}[kind]
+
+
+def _block(depth: int) -> str:
+    return "\n".join(" " * (i + 1) + f"k{i}:" for i in range(depth)) + " 1"
+
+
+def _alias_bomb(levels: int, fanout: int) -> str:
+    parts = [f"&a0 [{', '.join(['lol'] * fanout)}]"]
+    parts += [f"&a{i} [{', '.join([f'*a{i - 1}'] * fanout)}]" for i in range(1, levels)]
+    return "[" + ", ".join(parts) + "]"
+
+
+hostile_yaml = st.one_of(
+    yaml_ish,
+    st.integers(0, 2000).map(lambda n: "service:\n  name: '" + "${A}" * n + "'\n"),
+    st.tuples(st.integers(0, 200), st.sampled_from(["flow", "map"])).map(
+        lambda t: "service:\n  name: " + _nest(*t) + "\n"
+    ),
+    st.integers(1, 150).map(lambda d: "service:\n" + _block(d) + "\n"),
+    st.tuples(st.integers(1, 7), st.integers(2, 9), st.booleans()).map(
+        lambda t: (
+            ("service:\n  ? " + _alias_bomb(*t[:2]) + "\n  : 1\n")
+            if t[2]
+            else ("service:\n  name: " + _alias_bomb(*t[:2]) + "\n")
+        )
+    ),
+    st.tuples(st.integers(1, 300), st.sampled_from(["", "-", "0x", "0o", "1_"])).map(
+        lambda t: f"database:\n  pool_size: {t[1]}{'7' * t[0]}\n"
+    ),
+    st.integers(1, 600).map(lambda n: "telemetry:\n  headers:\n    " + "k" * n + ": v\n"),
+    st.integers(0, 300).map(
+        lambda n: "service:\n" + "".join(f"  k{i}: &m{i} {{x{i}: 1}}\n" for i in range(n))
+    ),
+    st.integers(1, 50).map(
+        lambda n: (
+            "x: &m {a: 1}\n"
+            + "".join(f"y{i}: &m{i} {{<<: [*m{i - 1 if i else ''}, *m]}}\n" for i in range(n))
+        )
+    ),
+)
+
+variable_values = st.one_of(
+    st.text(max_size=50),
+    st.integers(0, 5000).map(lambda n: "v" * n),
+    st.integers(0, 200).map(lambda d: "[" * d + "]" * d),
+    st.integers(0, 200).map(lambda d: '{"a": ' * d + "1" + "}" * d),
+    st.integers(1, 300).map(lambda n: f"[{'7' * n}]"),
+    st.lists(st.text(max_size=10), max_size=5).map(json.dumps),
+)
+variable_names = st.one_of(
+    st.just("A"),
+    st.lists(
+        st.one_of(
+            st.sampled_from(["service", "database", "tokens", "telemetry", "name", "headers"]),
+            st.text(string.ascii_letters + "_", max_size=300),
+        ),
+        min_size=1,
+        max_size=100,
+    ).map(lambda parts: "INFRAKIT__" + "__".join(parts)),
+)
+name_text = st.text(string.ascii_letters + string.digits + "._-é", min_size=1, max_size=8)
+profile_names = st.one_of(
+    st.just("p"),
+    name_text,
+    # long names, around the 255 characters of a file name
+    st.tuples(name_text, st.integers(1, 400)).map(lambda t: (t[0] * t[1])[: t[1]]),
+)
+
+
+def load_bounded(text: str, environ: dict[str, str], name: str = "p") -> int:
+    """Load ``name`` with ``text`` as ``p.yaml``: settings or a ConfigError, any
+    other exception fails the test. Returns the peak memory of the load, in bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        Path(tmp, "p.yaml").write_text(text, encoding="utf-8")
+        tracemalloc.start()
+        try:
+            with contextlib.suppress(ConfigError):
+                load_settings(name, profiles_dir=tmp, environ=environ)
+            return tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+
+
+#: Far above what a bounded load can take (the largest input here expands to
+#: 10 MB without the bounds), far below what an unbounded one did.
+PEAK_BYTES = 64 << 20
+
+
+class TestProperty18Bounds:
+    """**Property 18: Validation Error Type Consistency** (Validates: Requirements 8.1):
+    any profile text, environment or profile name, hostile ones included, is answered
+    with settings or a ConfigError (never another exception), in bounded memory."""
+
+    @pytest.fixture(autouse=True)
+    def _backends_imported(self) -> None:
+        """Import every backend's settings module before memory is measured."""
+        load_settings("production", environ={})
+        load_settings("test", environ={})
+
+    @given(
+        text=hostile_yaml,
+        value=st.integers(0, 5000).map(lambda n: "x" * n),
+    )
+    def test_any_profile(self, text: str, value: str) -> None:
+        assert load_bounded(text, {"A": value}) < PEAK_BYTES
+
+    @given(
+        environ=st.dictionaries(variable_names, variable_values, max_size=4),
+        text=st.sampled_from(["", "service:\n  name: '${A}${A}'\n"]),
+    )
+    def test_any_environment(self, environ: dict[str, str], text: str) -> None:
+        assert load_bounded(text, environ) < PEAK_BYTES
+
+    @given(name=profile_names, root=st.sampled_from(["", "extends: ", "extends: ./"]))
+    def test_any_profile_name(self, name: str, root: str) -> None:
+        # as the name to load, and as what p.yaml extends
+        assert load_bounded("", {}, name) < PEAK_BYTES
+        assert load_bounded(f"{root}'{name}'\n" if root else "", {}) < PEAK_BYTES
+
+    def test_the_generators_reach_the_bounds(self) -> None:
+        """The shapes above are not too small to matter: each reaches its bound."""
+        cases = {
+            "MAX_EXPANDED_CHARS": (
+                "service:\n  name: '" + "${A}" * 2000 + "'\n",
+                {"A": "x" * 5000},
+            ),
+            "MAX_VALUES": ("service:\n  name: " + _alias_bomb(7, 9) + "\n", {}),
+            "MAX_DEPTH": ("service:\n  name: " + _nest(200, "map") + "\n", {}),
+            "MAX_INT_CHARS": ("database:\n  pool_size: " + "7" * 300 + "\n", {}),
+            "MAX_KEY_CHARS": ("telemetry:\n  headers:\n    " + "k" * 600 + ": v\n", {}),
+        }
+        for limit, (text, environ) in cases.items():
+            with pytest.raises(ConfigError, match=rf"\({limit}\)"):
+                load_text(text, environ=environ)
+        assert limits.MAX_PROFILE_NAME_CHARS < 400
