@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 EXPECTED = [401, 200, 200, 200, 401, 401, 200, 200, 200, 200, 200]
 AUDIT = ["login:failure", "login:success", "logout:success", "login:success"]
+JWT_SECRET = "example-test-jwt-secret-0123456789abcdef"
 
 
 class TestScenario:
@@ -44,6 +45,7 @@ class TestScenario:
                 "DATABASE_URL": fresh_pg_url,
                 "REDIS_URL": "redis://127.0.0.1:6379/0",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
+                "JWT_SECRET": JWT_SECRET,
             }
             overrides = {"tokens.key_prefix": redis_prefix, "logging.level": "WARNING"}
             assert await upgrade(load_settings("production", environ=environ)) is not None
@@ -71,7 +73,7 @@ class TestBadStart:
             create_app(str(bad), environ={})
 
     async def test_dead_backend_is_named_with_a_masked_address(self) -> None:
-        environ = {"REDIS_URL": "redis://:s3cret@127.0.0.1:9/0"}
+        environ = {"REDIS_URL": "redis://:s3cret@127.0.0.1:9/0", "JWT_SECRET": JWT_SECRET}
         overrides = {
             "telemetry.exporter": "none",
             "database.url": "sqlite+aiosqlite:///:memory:",
@@ -120,7 +122,11 @@ class TestUnderLoad:
     async def test_concurrent_requests(
         self, fresh_pg_url: str, redis_prefix: str, on_error: str
     ) -> None:
-        environ = {"DATABASE_URL": fresh_pg_url, "REDIS_URL": "redis://127.0.0.1:6379/0"}
+        environ = {
+            "DATABASE_URL": fresh_pg_url,
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "JWT_SECRET": JWT_SECRET,
+        }
         overrides = {
             "tokens.key_prefix": redis_prefix,
             "tokens.on_backend_error": on_error,
