@@ -63,6 +63,36 @@ class TestScenario:
         assert "GET /health" not in spans  # excluded path
 
 
+class TestTokensFromTheProfile:
+    """The example signs nothing by hand: login issues through issue_token (signed
+    with the profile's auth key, stored before it is returned), and /me, /logout
+    verify with the profile through require_token()."""
+
+    async def test_login_me_logout_revoked(self, tmp_path: Path) -> None:
+        environ = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/local.db"}
+        app = create_app("local", environ=environ, overrides={"auth.issuer": "example"})
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            login = await client.post("/login", json={"username": "ann", "password": "wonderland"})
+            token = login.json()["access_token"]
+            infra = app.state.infra
+            claims = await infra.auth.verify(token)  # the profile's key and issuer
+            stored = await infra.tokens.get(claims["jti"])
+            assert (claims["sub"], claims["iss"]) == ("ann", "example")
+            assert stored is not None
+            assert stored.user_id == "ann"
+            assert stored.expires_at.isoformat() == login.json()["expires_at"]
+            auth = {"authorization": f"Bearer {token}"}
+            me = await client.get("/me", headers=auth)
+            assert me.json() == {"user": "ann", "session": claims["jti"]}
+            assert (await client.post("/logout", headers=auth)).json() == {"revoked": True}
+            again = await client.get("/me", headers=auth)
+        assert (again.status_code, again.json()) == (401, {"detail": "token revoked or unknown"})
+
+
 class TestBadStart:
     """A broken profile or a dead backend stops the start with one clear line."""
 
