@@ -324,6 +324,10 @@ class InfraSettings(BaseSettings):
     @field_validator("auth")
     @classmethod
     def _token_lifetime(cls, value: AuthSettings, info: ValidationInfo) -> AuthSettings:
+        # only when set: a profile that shortens tokens.max_lifetime_s and issues
+        # no tokens through the kit is not wrong (issue_token then says so)
+        if "access_token_ttl_s" not in value.model_fields_set:
+            return value
         tokens = info.data.get("tokens")
         longest = getattr(tokens, "max_lifetime_s", None)
         if isinstance(longest, int) and value.access_token_ttl_s > longest:
