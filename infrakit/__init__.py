@@ -8,10 +8,12 @@
         ...
 """
 
+from infrakit.auth import IssuedToken, JwtAuth, issue_token
 from infrakit.container import ComponentInfo, Infra, InfraContainer
 from infrakit.errors import (
     AuditError,
     AuditOutcomeUnknownError,
+    AuthError,
     ConfigError,
     ConfigProblem,
     DatabaseError,
@@ -19,6 +21,7 @@ from infrakit.errors import (
     MissingDependencyError,
     ShutdownError,
     TelemetryError,
+    TokenRejectedError,
     TokenStoreError,
 )
 from infrakit.logging import configure_logging
@@ -30,6 +33,7 @@ __version__ = "0.1.0"
 __all__ = [
     "AuditError",
     "AuditOutcomeUnknownError",
+    "AuthError",
     "ComponentInfo",
     "ConfigError",
     "ConfigProblem",
@@ -38,11 +42,15 @@ __all__ = [
     "InfraContainer",
     "InfraSettings",
     "InfrastructureError",
+    "IssuedToken",
+    "JwtAuth",
     "MissingDependencyError",
     "ShutdownError",
     "TelemetryError",
+    "TokenRejectedError",
     "TokenStoreError",
     "configure_logging",
+    "issue_token",
     "load_settings",
     "register_backend",
 ]

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any, Literal, Self, overload
 from dependency_injector import containers, providers
 
 from infrakit import registry
+from infrakit.auth import JwtAuth
 from infrakit.component import Component
 from infrakit.errors import ConfigError, ConfigProblem, InfrastructureError, ShutdownError
 from infrakit.health import ComponentHealth, HealthReport, check_components, trouble
@@ -161,6 +162,7 @@ class Infra:
         self._resources: dict[str, providers.Resource[Any]] = {}
         self._requires: dict[str, tuple[str, ...]] = {}
         self._started: list[str] = []
+        self._auth: JwtAuth | None = None
         self._wire(dict(components or {}))
 
     @classmethod
@@ -328,6 +330,14 @@ class Infra:
     @property
     def audit(self) -> AuditLogger:
         return self.get("audit")
+
+    @property
+    def auth(self) -> JwtAuth:
+        """Verifies and issues JWTs as the profile's ``auth`` section says (one per
+        ``Infra``, so a JWKS is fetched and cached once for every request)."""
+        if self._auth is None:
+            self._auth = JwtAuth(self._settings.auth)
+        return self._auth
 
     async def health(self, *, timeout_s: float = 2.0) -> HealthReport:
         """Check every running component concurrently (what ``/health`` serves)."""

@@ -9,6 +9,8 @@
     │   │   └── MissingDependencyError an optional extra is not installed
     │   ├── DatabaseError              a driver/connection failure, cause chained
     │   ├── TokenStoreError            a token backend failure, cause chained
+    │   ├── AuthError                  the keys that verify JWTs cannot be had (JWKS down)
+    │   ├── TokenRejectedError         a bearer JWT was refused (``detail``: the kit's words)
     │   ├── AuditError                 an audit write/read/verify failure
     │   │   └── AuditOutcomeUnknownError   the connection broke during COMMIT:
     │   │                                  the entries may be stored; retry them
@@ -30,6 +32,7 @@ from infrakit.values import install_line
 __all__ = [
     "AuditError",
     "AuditOutcomeUnknownError",
+    "AuthError",
     "ConfigError",
     "ConfigProblem",
     "DatabaseError",
@@ -37,6 +40,7 @@ __all__ = [
     "MissingDependencyError",
     "ShutdownError",
     "TelemetryError",
+    "TokenRejectedError",
     "TokenStoreError",
 ]
 
@@ -134,6 +138,21 @@ class DatabaseError(InfrastructureError):
 
 class TokenStoreError(InfrastructureError):
     """The token store backend failed; the cause is chained."""
+
+
+class AuthError(InfrastructureError):
+    """The keys that verify JWTs could not be had (a JWKS endpoint that cannot
+    be fetched): no token can be checked, the request is not the client's fault."""
+
+
+class TokenRejectedError(InfrastructureError):
+    """A bearer JWT was refused. ``detail`` is what a client may be told
+    (``invalid token``, ``token expired``, ``token too large``): never which
+    check failed, which would help an attacker more than a client."""
+
+    def __init__(self, detail: str) -> None:
+        self.detail = detail
+        super().__init__(detail)
 
 
 class AuditError(InfrastructureError):

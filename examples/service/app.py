@@ -8,17 +8,14 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import os
-import uuid
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
-import jwt
 import structlog
 from fastapi import Depends, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
+from infrakit import Infra, IssuedToken, issue_token
 from infrakit.audit import AuditFilter, AuditLogger
 from infrakit.integrations.fastapi import (
     get_audit_logger,
@@ -37,7 +34,6 @@ USERS = {
     "ann": hashlib.sha256(b"wonderland").hexdigest(),
     "bob": hashlib.sha256(b"builder").hexdigest(),
 }
-TOKEN_LIFETIME = timedelta(minutes=15)
 
 
 class Login(BaseModel):
@@ -45,28 +41,24 @@ class Login(BaseModel):
     password: str
 
 
-def _secret() -> str:
-    return os.environ.get("EXAMPLE_JWT_SECRET", "dev-only-secret-change-me-0123456789")
-
-
 @traced("auth.issue_token")
-def issue_token(user: str) -> tuple[str, str, datetime]:
-    jti = uuid.uuid4().hex
-    expires = datetime.now(UTC) + TOKEN_LIFETIME
-    token = jwt.encode({"sub": user, "jti": jti, "exp": expires}, _secret(), algorithm="HS256")
-    return token, jti, expires
+async def sign_in(infra: Infra, user: str) -> IssuedToken:
+    """Sign with the profile's auth key and store the token's jti in one call:
+    a token is never handed out without being in the store."""
+    return await issue_token(infra, user)
 
 
 def create_app(profile: str | None = None, **load_settings_kwargs: Any) -> FastAPI:
     app = FastAPI(title="infrakit example service")
     install(app, profile, **load_settings_kwargs)
-    authenticated = require_token(key=_secret())
+    # verifies with the profile's auth section (algorithms, key, issuer, lifetime)
+    authenticated = require_token()
 
     @app.post("/login")
     async def login(
         body: Login,
         request: Request,
-        tokens: TokenStore = Depends(get_token_store),  # noqa: B008 - FastAPI's idiom
+        infra: Infra = Depends(get_infra),  # noqa: B008 - FastAPI's idiom
         audit: AuditLogger = Depends(get_audit_logger),  # noqa: B008
     ) -> dict[str, Any]:
         client = request.client.host if request.client else None
@@ -79,12 +71,15 @@ def create_app(profile: str | None = None, **load_settings_kwargs: Any) -> FastA
                 "login", "session", result="failure", user_id=body.username, ip_address=client
             )
             raise HTTPException(status_code=401, detail="wrong username or password")
-        token, jti, expires = issue_token(body.username)
-        await tokens.store(jti, body.username, expires)
+        issued = await sign_in(infra, body.username)
         await audit.log_action(
-            "login", "session", user_id=body.username, resource_id=jti, ip_address=client
+            "login", "session", user_id=body.username, resource_id=issued.jti, ip_address=client
         )
-        return {"access_token": token, "token_type": "bearer", "expires_at": expires.isoformat()}
+        return {
+            "access_token": issued.token,
+            "token_type": "bearer",
+            "expires_at": issued.expires_at.isoformat(),
+        }
 
     @app.get("/me")
     async def me(claims: dict[str, Any] = Depends(authenticated)) -> dict[str, Any]:  # noqa: B008

@@ -6,7 +6,7 @@
     install(app, profile="local")          # lifespan + TracingMiddleware
 
     @app.get("/me")
-    async def me(claims: dict = Depends(require_token(key=SECRET))): ...
+    async def me(claims: dict = Depends(require_token)): ...   # the profile's auth section
 
 ``install`` loads the profile when the app is created, so a missing or
 broken profile stops the start with its ``ConfigError`` line.
@@ -14,17 +14,30 @@ broken profile stops the start with its ``ConfigError`` line.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
 from contextlib import asynccontextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, overload
+
+from pydantic import ValidationError
 
 # At run time, not under TYPE_CHECKING: FastAPI reads the annotations of the
 # dependencies below to know what to inject.
 from starlette.requests import Request
 
+from infrakit.auth import JwtAuth
 from infrakit.container import Infra
-from infrakit.errors import InfrastructureError, TokenStoreError
+from infrakit.errors import (
+    AuthError,
+    ConfigError,
+    ConfigProblem,
+    InfrastructureError,
+    TokenRejectedError,
+    TokenStoreError,
+)
+from infrakit.settings.auth import HMAC_ALGORITHMS, AuthSettings
 from infrakit.settings.loader import load_settings
 from infrakit.settings.models import InfraSettings
 from infrakit.telemetry.middleware import TracingMiddleware
@@ -47,6 +60,18 @@ __all__ = [
 ]
 
 _log = logging.getLogger("infrakit.integrations")
+
+
+def _mark_coroutine_function(func: Callable[..., Any]) -> None:
+    """Make ``func`` (a plain function returning a coroutine when FastAPI calls
+    it) count as a coroutine function for FastAPI: ``inspect``'s marker on
+    Python 3.12+, and asyncio's, which FastAPI checks on 3.11 and 3.12."""
+    mark = getattr(inspect, "markcoroutinefunction", None)
+    if mark is not None:
+        mark(func)
+    legacy = getattr(asyncio.coroutines, "_is_coroutine", None)
+    if legacy is not None:
+        func._is_coroutine = legacy  # type: ignore[attr-defined]
 
 
 def _settings(profile: str | InfraSettings | None, **kwargs: Any) -> InfraSettings:
@@ -186,72 +211,188 @@ async def get_audit_logger(request: Request) -> AuditLogger:
     return audit
 
 
-def require_token(
-    *,
-    key: str | bytes,
-    algorithms: Sequence[str] = ("HS256",),
-    audience: str | None = None,
-    issuer: str | None = None,
-) -> Callable[[Request], Any]:
-    """A dependency that accepts a request only with a live bearer JWT.
-
-    The token must verify with ``key``, carry a ``jti`` and a ``sub``, and be
-    valid in the token store (not revoked, not expired). It answers 401 with
-    a JSON error for a missing, malformed, forged, expired or revoked token,
-    and 503 when the token store cannot answer (fail closed). Returns the
-    token's claims.
-    """
-    import jwt
+def _unauthorized(detail: str) -> Exception:
     from fastapi import HTTPException
 
-    def unauthorized(detail: str) -> HTTPException:
-        return HTTPException(
-            status_code=401,
-            detail=detail,
-            headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    return HTTPException(
+        status_code=401,
+        detail=detail,
+        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'},
+    )
+
+
+def _bearer(request: Request) -> str:
+    headers = request.headers.getlist("authorization")
+    if len(headers) > 1:
+        # which one a proxy, the framework and this check each read differs:
+        # refuse rather than guess
+        raise _unauthorized("more than one Authorization header")
+    header = headers[0] if headers else ""
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise _unauthorized("missing or malformed Authorization header; expected 'Bearer <jwt>'")
+    return token.strip()
+
+
+async def _check(request: Request, auth: JwtAuth) -> dict[str, Any]:
+    """The request's bearer token verified by ``auth`` and valid in the token store."""
+    from fastapi import HTTPException
+
+    token = _bearer(request)
+    try:
+        claims = await auth.verify(token)
+    except TokenRejectedError as error:
+        raise _unauthorized(error.detail) from None
+    except AuthError:
+        _log.warning("infrakit: the keys that verify tokens are unavailable; refusing the request")
+        raise HTTPException(status_code=503, detail="token keys unavailable") from None
+    sub = claims.get("sub")
+    try:
+        # the token's user: the check then sees a "log out everywhere" in
+        # progress, in the same round trip
+        valid = await (await get_token_store(request)).is_valid(
+            claims["jti"], user_id=sub if isinstance(sub, str) else None
         )
+    except TokenStoreError:
+        _log.warning("infrakit: token store unavailable; refusing the request (fail closed)")
+        raise HTTPException(status_code=503, detail="token store unavailable") from None
+    if not valid:
+        raise _unauthorized("token revoked or unknown")
+    return claims
+
+
+async def _with_profile(request: Request) -> dict[str, Any]:
+    return await _check(request, _infra(request).auth)
+
+
+class _Explicit:
+    """``require_token(key=...)``: the profile's ``auth`` section with the given
+    values over it, validated like the profile (built once per ``Infra``)."""
+
+    __slots__ = ("_built", "_overrides")
+
+    def __init__(self, overrides: dict[str, Any]) -> None:
+        self._overrides = overrides
+        self._built: tuple[AuthSettings, JwtAuth] | None = None
+        if "algorithms" in overrides or "secret" in overrides or "public_key" in overrides:
+            self._settings(AuthSettings())  # a bad key or algorithm fails now, not per request
+
+    def _settings(self, base: AuthSettings) -> AuthSettings:
+        data = base.model_dump()
+        data.update(self._overrides)
+        try:
+            return AuthSettings.model_validate(data)
+        except ValidationError as error:
+            problems = [
+                ConfigProblem(
+                    str(item["msg"]).removeprefix("Value error, "),
+                    key="require_token(" + ".".join(str(p) for p in item["loc"]) + "=...)",
+                )
+                for item in error.errors(include_url=False)
+            ]
+            raise ConfigError(problems) from None
+
+    def auth(self, infra: Infra) -> JwtAuth:
+        base = infra.settings.auth
+        built = self._built
+        if built is None or built[0] is not base:
+            built = (base, JwtAuth(self._settings(base)))
+            self._built = built
+        return built[1]
+
+
+def _explicit_overrides(
+    key: str | bytes | None,
+    algorithms: Sequence[str] | None,
+    audience: str | None,
+    issuer: str | None,
+) -> dict[str, Any]:
+    overrides: dict[str, Any] = {}
+    if key is not None:
+        text = key.decode() if isinstance(key, bytes) else key
+        names = list(algorithms) if algorithms is not None else ["HS256"]
+        overrides["algorithms"] = names
+        # a key given here replaces every key source of the profile
+        overrides.update(
+            secret=None,
+            public_key=None,
+            public_key_file=None,
+            private_key=None,
+            private_key_file=None,
+            jwks_url=None,
+            key_id=None,
+        )
+        if names and names[0] in HMAC_ALGORITHMS:
+            overrides["secret"] = text
+        else:
+            overrides["public_key"] = text
+    elif algorithms is not None:
+        overrides["algorithms"] = list(algorithms)
+    if audience is not None:
+        overrides["audience"] = audience
+    if issuer is not None:
+        overrides["issuer"] = issuer
+    return overrides
+
+
+@overload
+def require_token(
+    request: None = None,
+    *,
+    key: str | bytes | None = None,
+    algorithms: Sequence[str] | None = None,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> Callable[[Request], Coroutine[Any, Any, dict[str, Any]]]: ...
+@overload
+def require_token(request: Request) -> Coroutine[Any, Any, dict[str, Any]]: ...
+def require_token(
+    request: Request | None = None,
+    *,
+    key: str | bytes | None = None,
+    algorithms: Sequence[str] | None = None,
+    audience: str | None = None,
+    issuer: str | None = None,
+) -> Any:
+    """A dependency that accepts a request only with a live bearer JWT; it
+    returns the token's claims.
+
+    ``Depends(require_token)`` and ``Depends(require_token())`` verify with the
+    profile's ``auth`` section (algorithms, key or JWKS, issuer, audience,
+    leeway, required claims, size bound), read from the running ``Infra`` at
+    request time. Arguments override the section: ``key=`` (an HMAC secret, or
+    a PEM public key when ``algorithms`` are public-key ones) replaces its key
+    source, with ``algorithms`` defaulting to ``("HS256",)``; ``audience=`` and
+    ``issuer=`` replace those. They are validated like the profile.
+
+    The token must verify, carry the required claims (``exp``, ``jti`` and
+    ``sub`` by default) and be valid in the token store (not revoked, not
+    expired; the JWT's ``sub`` is passed as ``user_id``). 401 with a JSON error
+    for a missing, malformed, oversize, forged, expired or revoked token (and
+    for two ``Authorization`` headers); 503 when the token store or the JWKS
+    cannot answer (fail closed).
+    """
+    if request is not None:
+        # used bare, as Depends(require_token): FastAPI passed the request
+        return _with_profile(request)
+    overrides = _explicit_overrides(key, algorithms, audience, issuer)
+    if not overrides:
+        return _with_profile
+    explicit = _Explicit(overrides)
 
     async def dependency(request: Request) -> dict[str, Any]:
-        headers = request.headers.getlist("authorization")
-        if len(headers) > 1:
-            # which one a proxy, the framework and this check each read differs:
-            # refuse rather than guess
-            raise unauthorized("more than one Authorization header")
-        header = headers[0] if headers else ""
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise unauthorized("missing or malformed Authorization header; expected 'Bearer <jwt>'")
-        try:
-            claims: dict[str, Any] = jwt.decode(
-                token.strip(),
-                key,
-                algorithms=list(algorithms),
-                audience=audience,
-                issuer=issuer,
-                options={"require": ["jti", "sub", "exp"]},
-            )
-        except jwt.ExpiredSignatureError:
-            raise unauthorized("token expired") from None
-        except jwt.InvalidTokenError as error:
-            # the kit's own words: PyJWT's detail (which claim, which key, which
-            # algorithm) helps an attacker more than a client
-            _log.info("infrakit: token refused: %s", type(error).__name__)
-            raise unauthorized("invalid token") from None
-        jti = claims.get("jti")
-        if not isinstance(jti, str) or not jti.strip():
-            raise unauthorized("invalid token")
-        sub = claims.get("sub")
-        try:
-            # the token's user: the check then sees a "log out everywhere" in
-            # progress, in the same round trip
-            valid = await (await get_token_store(request)).is_valid(
-                jti, user_id=sub if isinstance(sub, str) else None
-            )
-        except TokenStoreError:
-            _log.warning("infrakit: token store unavailable; refusing the request (fail closed)")
-            raise HTTPException(status_code=503, detail="token store unavailable") from None
-        if not valid:
-            raise unauthorized("token revoked or unknown")
-        return claims
+        return await _check(request, explicit.auth(_infra(request)))
 
     return dependency
+
+
+# FastAPI reads a dependency's parameters from its signature and awaits it when
+# it is a coroutine function. Bare, require_token must look like
+# ``async def (request: Request)``: its keyword arguments would otherwise be
+# query parameters (a client could pick the key), and its result would not be
+# awaited.
+require_token.__signature__ = inspect.Signature(  # type: ignore[attr-defined]
+    [inspect.Parameter("request", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Request)],
+    return_annotation=dict[str, Any],
+)
+_mark_coroutine_function(require_token)

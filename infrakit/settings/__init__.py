@@ -10,6 +10,7 @@ from infrakit.settings.loader import (
 )
 from infrakit.settings.models import (
     AuditSettings,
+    AuthSettings,
     DatabaseSettings,
     InfraSettings,
     InstrumentSettings,
@@ -25,6 +26,7 @@ __all__ = [
     "EMBEDDED_PROFILES_DIR",
     "ENV_PREFIX",
     "AuditSettings",
+    "AuthSettings",
     "BackendSettings",
     "DatabaseSettings",
     "InfraSettings",

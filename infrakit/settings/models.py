@@ -28,6 +28,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from infrakit import registry
+from infrakit.settings.auth import AuthSettings
 from infrakit.settings.base import BackendSettings, Section
 from infrakit.values import LOG_LEVELS, LogLevel, install_line
 
@@ -37,6 +38,7 @@ MIN_SIGNING_KEY_LENGTH = 32
 __all__ = [
     "LOG_LEVELS",
     "AuditSettings",
+    "AuthSettings",
     "BackendSettings",
     "DatabaseSettings",
     "InfraSettings",
@@ -323,6 +325,7 @@ class InfraSettings(BaseSettings):
     audit: AuditSettings = Field(default_factory=lambda: AuditSettings())  # noqa: PLW0108
     telemetry: TelemetrySettings = Field(default_factory=lambda: TelemetrySettings())  # noqa: PLW0108
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
+    auth: AuthSettings = Field(default_factory=AuthSettings)
 
     _profile: str | None = PrivateAttr(default=None)
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
@@ -355,6 +358,23 @@ class InfraSettings(BaseSettings):
         # The loader already merged env vars, with provenance; reading them
         # here again would apply them twice and lose where they came from.
         return (init_settings,)
+
+    @field_validator("auth")
+    @classmethod
+    def _token_lifetime(cls, value: AuthSettings, info: ValidationInfo) -> AuthSettings:
+        # only when set: a profile that shortens tokens.max_lifetime_s and issues
+        # no tokens through the kit is not wrong (issue_token then says so)
+        if "access_token_ttl_s" not in value.model_fields_set:
+            return value
+        tokens = info.data.get("tokens")
+        longest = getattr(tokens, "max_lifetime_s", None)
+        if isinstance(longest, int) and value.access_token_ttl_s > longest:
+            raise ValueError(
+                f"auth.access_token_ttl_s ({value.access_token_ttl_s}) is longer than "
+                f"tokens.max_lifetime_s ({longest}): the token store would refuse every issued "
+                "token; shorten the first or raise the second"
+            )
+        return value
 
     @property
     def profile(self) -> str | None:

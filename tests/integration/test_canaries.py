@@ -18,8 +18,10 @@ import dataclasses
 import io
 import json
 import logging
+import os
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import httpx
 import jwt
@@ -385,7 +387,12 @@ class TestProfileValues:
     """Secrets in profile values never reach CLI output or the health report."""
 
     @SLOW
-    @given(password=url_secrets, query_secret=url_secrets, redis_secret=url_secrets)
+    @given(
+        password=url_secrets,
+        query_secret=url_secrets,
+        redis_secret=url_secrets,
+        jwt_secret=url_secrets,
+    )
     def test_every_cli_command(
         self,
         tmp_path_factory: pytest.TempPathFactory,
@@ -394,6 +401,7 @@ class TestProfileValues:
         password: str,
         query_secret: str,
         redis_secret: str,
+        jwt_secret: str,
     ) -> None:
         tmp_path = tmp_path_factory.mktemp("canary")
         # PostgreSQL here trusts loopback: it ignores the password, so the
@@ -402,7 +410,17 @@ class TestProfileValues:
         database += f"?password={query_secret}"
         redis = f"redis://:{redis_secret}@127.0.0.1:6379/0?password={redis_secret}"
         profile = str(_profile(tmp_path, database, redis))
-        outputs = {
+        # the production profile's auth.secret (HS256: at least 32 bytes)
+        environ = {"JWT_SECRET": jwt_secret * 3}
+        with mock.patch.dict(os.environ, environ):
+            outputs = self._outputs(profile)
+        assert "is at revision" in outputs["db upgrade"]
+        for command, text in outputs.items():
+            assert_clean(text, password, query_secret, redis_secret, jwt_secret, where=command)
+
+    @staticmethod
+    def _outputs(profile: str) -> dict[str, str]:
+        return {
             "config validate": _run_cli("config", "validate", profile),
             "config show": _run_cli("config", "show", profile),
             "config show json": _run_cli("config", "show", profile, "--format", "json"),
@@ -414,9 +432,6 @@ class TestProfileValues:
             "describe": _run_cli("describe", profile),
             "audit verify": _run_cli("audit", "verify", profile),
         }
-        assert "is at revision" in outputs["db upgrade"]
-        for command, text in outputs.items():
-            assert_clean(text, password, query_secret, redis_secret, where=command)
 
     @SLOW
     @given(password=url_secrets)

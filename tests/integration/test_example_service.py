@@ -25,6 +25,7 @@ pytestmark = pytest.mark.integration
 
 EXPECTED = [401, 200, 200, 200, 401, 401, 200, 200, 200, 200, 200]
 AUDIT = ["login:failure", "login:success", "logout:success", "login:success"]
+JWT_SECRET = "example-test-jwt-secret-0123456789abcdef"
 
 
 class TestScenario:
@@ -44,6 +45,7 @@ class TestScenario:
                 "DATABASE_URL": fresh_pg_url,
                 "REDIS_URL": "redis://127.0.0.1:6379/0",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
+                "JWT_SECRET": JWT_SECRET,
             }
             overrides = {"tokens.key_prefix": redis_prefix, "logging.level": "WARNING"}
             assert await upgrade(load_settings("production", environ=environ)) is not None
@@ -61,6 +63,36 @@ class TestScenario:
         assert "GET /health" not in spans  # excluded path
 
 
+class TestTokensFromTheProfile:
+    """The example signs nothing by hand: login issues through issue_token (signed
+    with the profile's auth key, stored before it is returned), and /me, /logout
+    verify with the profile through require_token()."""
+
+    async def test_login_me_logout_revoked(self, tmp_path: Path) -> None:
+        environ = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/local.db"}
+        app = create_app("local", environ=environ, overrides={"auth.issuer": "example"})
+        transport = httpx.ASGITransport(app=app)
+        async with (
+            app.router.lifespan_context(app),
+            httpx.AsyncClient(transport=transport, base_url="http://t") as client,
+        ):
+            login = await client.post("/login", json={"username": "ann", "password": "wonderland"})
+            token = login.json()["access_token"]
+            infra = app.state.infra
+            claims = await infra.auth.verify(token)  # the profile's key and issuer
+            stored = await infra.tokens.get(claims["jti"])
+            assert (claims["sub"], claims["iss"]) == ("ann", "example")
+            assert stored is not None
+            assert stored.user_id == "ann"
+            assert stored.expires_at.isoformat() == login.json()["expires_at"]
+            auth = {"authorization": f"Bearer {token}"}
+            me = await client.get("/me", headers=auth)
+            assert me.json() == {"user": "ann", "session": claims["jti"]}
+            assert (await client.post("/logout", headers=auth)).json() == {"revoked": True}
+            again = await client.get("/me", headers=auth)
+        assert (again.status_code, again.json()) == (401, {"detail": "token revoked or unknown"})
+
+
 class TestBadStart:
     """A broken profile or a dead backend stops the start with one clear line."""
 
@@ -71,7 +103,7 @@ class TestBadStart:
             create_app(str(bad), environ={})
 
     async def test_dead_backend_is_named_with_a_masked_address(self) -> None:
-        environ = {"REDIS_URL": "redis://:s3cret@127.0.0.1:9/0"}
+        environ = {"REDIS_URL": "redis://:s3cret@127.0.0.1:9/0", "JWT_SECRET": JWT_SECRET}
         overrides = {
             "telemetry.exporter": "none",
             "database.url": "sqlite+aiosqlite:///:memory:",
@@ -120,7 +152,11 @@ class TestUnderLoad:
     async def test_concurrent_requests(
         self, fresh_pg_url: str, redis_prefix: str, on_error: str
     ) -> None:
-        environ = {"DATABASE_URL": fresh_pg_url, "REDIS_URL": "redis://127.0.0.1:6379/0"}
+        environ = {
+            "DATABASE_URL": fresh_pg_url,
+            "REDIS_URL": "redis://127.0.0.1:6379/0",
+            "JWT_SECRET": JWT_SECRET,
+        }
         overrides = {
             "tokens.key_prefix": redis_prefix,
             "tokens.on_backend_error": on_error,

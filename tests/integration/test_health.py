@@ -91,6 +91,7 @@ def production(telemetry_endpoint: str, **overrides: object) -> dict[str, object
         "database.auto_migrate": True,
         "tokens.backend": "memory",
         "logging.level": "WARNING",
+        "auth.secret": "health-test-jwt-secret-0123456789abcdef",
         **overrides,
     }
 

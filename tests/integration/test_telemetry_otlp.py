@@ -67,6 +67,7 @@ class TestExportToReceiver:
                 "database.auto_migrate": True,
                 "tokens.backend": "memory",
                 "logging.level": "WARNING",
+                "auth.secret": "otlp-test-jwt-secret-0123456789abcdef",
             },
         )
         async with Infra(settings):

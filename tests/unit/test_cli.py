@@ -94,9 +94,12 @@ class TestConfigShow:
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app:TOPSECRET@db/app")
+        monkeypatch.setenv("JWT_SECRET", "JWTSECRET-" + "x" * 32)
         code, out, _ = run(["config", "show", "production"], capsys)
         assert code == 0
         assert "TOPSECRET" not in out
+        assert "JWTSECRET" not in out
+        assert "secret: '**********'" in out
         assert "postgresql+asyncpg://app:***@db/app" in out
 
 

@@ -2,7 +2,7 @@
 
 errors, scrub, values, component, registry
   < settings, logging
-  < the components (database < audit; tokens; telemetry)
+  < the components (database < audit; tokens; telemetry; auth)
   < health, container
   < cli, testing, integrations, the package itself
 
@@ -24,7 +24,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("infrakit.errors", "infrakit.scrub", "infrakit.values", "infrakit.component"),
     ("infrakit.registry",),
     ("infrakit.settings", "infrakit.logging"),
-    ("infrakit.database", "infrakit.tokens", "infrakit.telemetry"),
+    ("infrakit.database", "infrakit.tokens", "infrakit.telemetry", "infrakit.auth"),
     ("infrakit.audit",),  # built on the database
     ("infrakit.health", "infrakit.container"),
     ("infrakit.cli", "infrakit.testing", "infrakit.integrations", "infrakit.__main__"),

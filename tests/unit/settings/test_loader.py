@@ -63,6 +63,7 @@ class TestEmbeddedProfiles:
             "DATABASE_URL": "postgresql+asyncpg://app:pw@db.internal:5432/app",
             "REDIS_URL": "redis://cache:6379/1",
             "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4318",
+            "JWT_SECRET": "s" * 32,
         }
         settings = load_settings("production", environ=env, profiles_dir=tmp_path)
         assert sql(settings).url.get_secret_value() == env["DATABASE_URL"]
@@ -72,9 +73,23 @@ class TestEmbeddedProfiles:
         assert endpoint.get_secret_value() == "http://collector:4318"
         assert (settings.tokens.backend, settings.audit.backend) == ("redis", "sql")
         assert settings.logging.format == "json"
+        assert settings.auth.secret is not None
+        assert settings.auth.secret.get_secret_value() == "s" * 32
+
+    def test_production_requires_the_jwt_secret(self, tmp_path: Path) -> None:
+        """No development fallback: the error names the variable and the fix."""
+        with pytest.raises(ConfigError) as caught:
+            load_settings("production", environ={}, profiles_dir=tmp_path)
+        (problem,) = caught.value.problems
+        assert problem.key == "auth.secret"
+        assert "${JWT_SECRET}" in problem.where
+        assert "production.yaml:" in problem.where
+        assert "openssl rand -hex 32" in problem.message
 
     def test_production_has_loopback_defaults(self, tmp_path: Path) -> None:
-        settings = load_settings("production", environ={}, profiles_dir=tmp_path)
+        settings = load_settings(
+            "production", environ={"JWT_SECRET": "s" * 32}, profiles_dir=tmp_path
+        )
         assert "127.0.0.1" in sql(settings).url.get_secret_value()
         assert redis(settings).url.get_secret_value() == "redis://127.0.0.1:6379/0"
 
