@@ -101,7 +101,7 @@ def child(directory: str) -> None:
     from infrakit import load_settings  # imported here: --source decides which one
 
     case = json.loads(Path(directory, "case.json").read_text(encoding="utf-8"))
-    for warm in ("test", "production"):  # every backend's module imported before measuring
+    for warm in ("test", "single-host"):  # every backend's module imported before measuring
         load_settings(warm, environ={})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()

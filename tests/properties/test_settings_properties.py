@@ -349,7 +349,7 @@ class TestProperty18Bounds:
     @pytest.fixture(autouse=True)
     def _backends_imported(self) -> None:
         """Import every backend's settings module before memory is measured."""
-        load_settings("production", environ={})
+        load_settings("single-host", environ={})
         load_settings("test", environ={})
 
     @given(

@@ -94,7 +94,7 @@ class TestConfigShow:
         self, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
     ) -> None:
         monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app:TOPSECRET@db/app")
-        code, out, _ = run(["config", "show", "production"], capsys)
+        code, out, _ = run(["config", "show", "single-host"], capsys)
         assert code == 0
         assert "TOPSECRET" not in out
         assert "postgresql+asyncpg://app:***@db/app" in out
