@@ -30,7 +30,6 @@ from infrakit.settings.limits import (
     MAX_FILE_BYTES,
     MAX_PATH_CHARS,
     exceeded,
-    shorten,
 )
 
 __all__ = ["FileProblem", "SecretsDir", "display", "read_env_file", "read_value_file"]
@@ -55,8 +54,8 @@ class FileProblem(Exception):  # noqa: N818 - a reason to report, not an error r
 
 def _read_bounded(path: Path, what: str) -> bytes:
     """The bytes of a regular file of at most ``MAX_FILE_BYTES``."""
-    shown = shorten(str(path))
-    if len(str(path)) > MAX_PATH_CHARS:
+    shown = str(path)
+    if len(shown) > MAX_PATH_CHARS:
         raise FileProblem(
             exceeded(
                 f"the path of {what}",
@@ -77,13 +76,14 @@ def _read_bounded(path: Path, what: str) -> bytes:
         raise FileProblem(
             ConfigProblem(f"cannot read {what} {shown}: {exc.strerror}", hint=_hint(exc))
         ) from None
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode):
+        os.close(fd)
+        kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+        raise FileProblem(
+            ConfigProblem(f"{what} {shown} is {kind}", hint="name the file holding the value")
+        )
     with os.fdopen(fd, "rb") as file:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
-            raise FileProblem(
-                ConfigProblem(f"{what} {shown} is {kind}", hint="name the file holding the value")
-            )
         if info.st_size > MAX_FILE_BYTES:
             raise FileProblem(_too_big(what, shown, info.st_size))
         try:
@@ -119,7 +119,7 @@ def _decode(raw: bytes, what: str, path: Path) -> str:
     except UnicodeDecodeError as exc:
         raise FileProblem(
             ConfigProblem(
-                f"{what} {shorten(str(path))} is not UTF-8 text (byte {exc.start})",
+                f"{what} {path} is not UTF-8 text (byte {exc.start})",
                 hint="a binary value must be encoded (base64) and decoded by its user",
             )
         ) from None
@@ -148,7 +148,7 @@ def read_env_file(path: Path) -> tuple[dict[str, str], dict[str, str], list[Conf
             if problem.missing
             else problem.problem.hint
         )
-        raise ConfigError(ConfigProblem(problem.problem.message, where=where, hint=hint)) from None
+        raise ConfigError(ConfigProblem(problem.problem.message, hint=hint)) from None
     values: dict[str, str] = {}
     origins: dict[str, str] = {}
     problems: list[ConfigProblem] = []
@@ -184,7 +184,7 @@ class SecretsDir:
 
     def __init__(self, path: Path) -> None:
         self.path = path
-        shown = shorten(str(path))
+        shown = str(path)
         hint = "check --secrets-dir / INFRAKIT_SECRETS_DIR / secrets_dir="
         try:
             is_dir = path.is_dir()
@@ -249,7 +249,7 @@ class SecretsDir:
         if self._resolved not in resolved.parents:
             raise FileProblem(
                 ConfigProblem(
-                    f"the secret file {shorten(str(path))} resolves outside the secrets directory",
+                    f"the secret file {path} resolves outside the secrets directory",
                     hint="mount the secret inside the directory",
                 )
             )

@@ -84,7 +84,7 @@ class TestEmbeddedProfiles:
             ("tokens.url", "REDIS_URL"),
             ("telemetry.endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
         ]:
-            assert f"production.yaml:" in text
+            assert "production.yaml:" in text
             assert f"{key}: environment variable {name} is not set" in text
         assert "127.0.0.1" not in text
 
