@@ -391,9 +391,7 @@ class TestProperty18Bounds:
 
 
 #: File contents: any text (a trailing newline is the only thing the loader removes).
-file_texts = st.text(
-    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r"), max_size=200
-)
+file_texts = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r"), max_size=200)
 #: A secret that cannot appear in output by chance.
 file_secrets = st.text(alphabet=string.ascii_letters + string.digits, min_size=12, max_size=40).map(
     lambda s: f"fs-{s}"
