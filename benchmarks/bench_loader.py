@@ -101,9 +101,9 @@ def child(directory: str) -> None:
     from infrakit import load_settings  # imported here: --source decides which one
 
     case = json.loads(Path(directory, "case.json").read_text(encoding="utf-8"))
-    # every backend's module imported before measuring (production needs its secret)
+    # every backend's module imported before measuring (single-host needs its JWT secret)
     load_settings("test", environ={})
-    load_settings("production", environ={"JWT_SECRET": "x" * 32})
+    load_settings("single-host", environ={"JWT_SECRET": "x" * 32})
     before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     start = time.perf_counter()
     try:

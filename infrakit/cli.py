@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import dataclasses
 import json
 import sys
 from collections.abc import Sequence
@@ -18,9 +17,9 @@ from typing import Any, NoReturn
 
 import yaml
 
-from infrakit.errors import ConfigError, InfrastructureError
+from infrakit.errors import InfrastructureError
 from infrakit.scrub import scrub_text
-from infrakit.settings.loader import load_settings, parse_value
+from infrakit.settings.loader import TextValue, load_settings
 from infrakit.settings.models import InfraSettings, flatten
 from infrakit.values import install_line
 
@@ -45,30 +44,36 @@ def _profile_args(parser: argparse.ArgumentParser, *, positional: bool = True) -
         )
     parser.add_argument("--profiles-dir", help="directory of <name>.yaml profiles")
     parser.add_argument(
+        "--env-file",
+        help="a .env file whose variables count as environment variables; the real "
+        "environment wins (default: $INFRAKIT_ENV_FILE)",
+    )
+    parser.add_argument(
+        "--secrets-dir",
+        help="a directory of files named like variables (Docker/Kubernetes secrets): "
+        "INFRAKIT__DATABASE__URL sets the key, DATABASE_URL answers ${DATABASE_URL} "
+        "(default: $INFRAKIT_SECRETS_DIR)",
+    )
+    parser.add_argument(
         "--set",
         dest="overrides",
         action="append",
         default=[],
         metavar="KEY=VALUE",
-        help="override one key, e.g. --set database.pool_size=3 (repeatable)",
+        help="override one key, e.g. --set database.pool_size=3 (repeatable); the value "
+        "is read by the key's type, as an INFRAKIT__ variable is (JSON for lists and mappings)",
     )
 
 
 def _overrides(pairs: list[str]) -> dict[str, Any]:
+    """``--set`` pairs, their values left as text for the loader to read by the
+    type of the key each sets."""
     out: dict[str, Any] = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key.strip():
             raise _UsageError(f"--set expects KEY=VALUE, got {pair!r}")
-        try:
-            out[key.strip()] = parse_value(value)
-        except json.JSONDecodeError as exc:
-            raise _UsageError(f"--set {key}: value is not valid JSON: {exc.msg}") from None
-        except ConfigError as exc:  # over one of the loader's bounds
-            where = f"--set {key.strip()}"
-            raise ConfigError(
-                [dataclasses.replace(p, key=key.strip(), where=where) for p in exc.problems]
-            ) from None
+        out[key.strip()] = TextValue(value, where=f"--set {key.strip()}")
     return out
 
 
@@ -91,6 +96,8 @@ def _load(args: argparse.Namespace, profile: str | None = None) -> InfraSettings
         profile if profile is not None else args.profile,
         profiles_dir=args.profiles_dir,
         overrides=_overrides(args.overrides),
+        env_file=args.env_file,
+        secrets_dir=args.secrets_dir,
     )
     _log_to_stderr(settings)
     return settings

@@ -22,8 +22,10 @@ from infrakit.errors import ConfigProblem
 
 __all__ = [
     "MAX_DEPTH",
+    "MAX_DIR_ENTRIES",
     "MAX_EXPANDED_CHARS",
     "MAX_EXTENDS",
+    "MAX_FILE_BYTES",
     "MAX_INTERPOLATIONS",
     "MAX_INT_CHARS",
     "MAX_KEY_CHARS",
@@ -64,8 +66,15 @@ MAX_VALUE_CHARS = 1 << 20  # 1 Mi characters
 #: Characters of a profile name: with ``.yaml``, the 255 bytes most file
 #: systems allow in a file name.
 MAX_PROFILE_NAME_CHARS = 250
-#: Characters of a profile path, of ``extends:`` and of ``INFRAKIT_PROFILES_DIR``.
+#: Characters of a profile path, of ``extends:``, of ``INFRAKIT_PROFILES_DIR`` and
+#: of the paths of value files (``${file:...}``, the env file, the secrets directory).
 MAX_PATH_CHARS = 4096
+#: Size of one file read for values: an env file, a ``${file:...}``, a file of the
+#: secrets directory or named by a ``*_FILE`` variable (a certificate bundle is
+#: about 200 KB). Its text also counts towards ``MAX_EXPANDED_CHARS``.
+MAX_FILE_BYTES = 1 << 20  # 1 MiB
+#: Entries of the secrets directory looked through (Kubernetes mounts a handful).
+MAX_DIR_ENTRIES = 10_000
 
 
 def shorten(text: str, keep: int = 60, *, count: bool = True) -> str:

@@ -20,15 +20,20 @@ import difflib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+import types
+import typing
+from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Set as AbstractSet
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Self, Union
 
 from pydantic import BaseModel, ValidationError
 
 from infrakit import registry
 from infrakit.errors import ConfigError, ConfigProblem
+from infrakit.scrub import MASK
 from infrakit.settings import _yaml
+from infrakit.settings._files import FileProblem, SecretsDir, read_env_file, read_value_file
 from infrakit.settings.base import mask_value, unknown_backend
 from infrakit.settings.limits import (
     MAX_DEPTH,
@@ -49,15 +54,20 @@ from infrakit.settings.models import COMPONENT_SETTINGS, InfraSettings, settings
 __all__ = [
     "EMBEDDED_PROFILES_DIR",
     "ENV_PREFIX",
+    "Kind",
+    "TextValue",
     "available_profiles",
     "load_settings",
     "parse_value",
     "resolve_profile",
+    "value_kind",
 ]
 
 ENV_PREFIX = "INFRAKIT__"
 PROFILE_ENV = "INFRAKIT_PROFILE"
 PROFILES_DIR_ENV = "INFRAKIT_PROFILES_DIR"
+ENV_FILE_ENV = "INFRAKIT_ENV_FILE"
+SECRETS_DIR_ENV = "INFRAKIT_SECRETS_DIR"
 DEFAULT_PROFILE = "local"
 
 
@@ -253,12 +263,14 @@ class _Sources(Mapping[Path_, str]):
     that forgetting a subtree costs what it removes. (A scan of every path on
     each change made a profile of n keys cost n**2: 60,000 keys took minutes.)"""
 
-    __slots__ = ("_children", "_known", "_source")
+    __slots__ = ("_children", "_known", "_secret", "_source")
 
     def __init__(self) -> None:
         self._source: dict[Path_, str] = {}
         self._children: dict[Path_, set[Path_]] = {}
         self._known: set[Path_] = set()
+        #: paths whose value came (wholly or partly) from a file: secrets
+        self._secret: set[Path_] = set()
 
     def __getitem__(self, path: Path_) -> str:
         return self._source[path]
@@ -271,6 +283,7 @@ class _Sources(Mapping[Path_, str]):
 
     def __setitem__(self, path: Path_, source: str) -> None:
         self._source[path] = source
+        self._secret.discard(path)  # a new value: secret only if marked again
         while path and path not in self._known:
             self._known.add(path)
             self._children.setdefault(path[:-1], set()).add(path)
@@ -283,6 +296,14 @@ class _Sources(Mapping[Path_, str]):
 
     def pop(self, path: Path_) -> None:
         self._source.pop(path, None)
+        self._secret.discard(path)
+
+    def mark_secret(self, path: Path_) -> None:
+        if path in self._source:
+            self._secret.add(path)
+
+    def secret_paths(self) -> frozenset[Path_]:
+        return frozenset(self._secret)
 
     def forget_below(self, path: Path_) -> None:
         """Drop every path under ``path`` (not ``path`` itself)."""
@@ -291,6 +312,7 @@ class _Sources(Mapping[Path_, str]):
             child = stack.pop()
             self._known.discard(child)
             self._source.pop(child, None)
+            self._secret.discard(child)
             stack.extend(self._children.pop(child, ()))
 
 
@@ -301,8 +323,11 @@ class _Layers:
         self.data: dict[str, Any] = {}
         self.sources = _Sources()
         self.problems: list[ConfigProblem] = []
+        #: unset variables (and missing ``${file:}`` files) by the key they were
+        #: for: an error only if no higher layer sets that key
+        self.pending: dict[Path_, ConfigProblem] = {}
 
-    def set(self, path: Path_, value: Any, source: str) -> None:
+    def set(self, path: Path_, value: Any, source: str, *, secret: bool = False) -> None:
         node = self.data
         for depth, part in enumerate(path[:-1]):
             child = node.get(part)
@@ -315,13 +340,34 @@ class _Layers:
         node[path[-1]] = value
         self._forget(path)
         self._record(path, value, source)
+        self._settle(path)
+        if secret:
+            self.sources.mark_secret(path)
 
-    def merge(self, data: dict[str, Any], sources: dict[Path_, str], path: Path_ = ()) -> None:
+    def _settle(self, path: Path_) -> None:
+        """A value set at ``path`` answers the unset variables of lower layers there."""
+        if self.pending:
+            for missing in [p for p in self.pending if p[: len(path)] == path]:
+                del self.pending[missing]
+            for depth in range(1, len(path)):
+                self.pending.pop(path[:depth], None)
+
+    def merge(self, layer: _Layer) -> None:
+        """Apply one profile of the chain over what is below it."""
+        self._merge(layer.data, layer.sources)
+        for path in layer.secrets:
+            self.sources.mark_secret(path)
+        for path, problem in layer.missing.items():
+            # the layer meant to set this key: what a lower one said does not count
+            self.delete(path)
+            self.pending[path] = problem
+
+    def _merge(self, data: dict[str, Any], sources: dict[Path_, str], path: Path_ = ()) -> None:
         for key, value in data.items():
             child = (*path, key)
             if isinstance(value, dict) and value:
                 self._ensure_dict(child, sources.get(child, "?"))
-                self.merge(value, sources, child)
+                self._merge(value, sources, child)
             else:
                 self.set(child, value, sources.get(child, "?"))
 
@@ -366,8 +412,11 @@ class _Layers:
                 continue  # reported by validation
             for key in [k for k in current if k not in backend.settings.model_fields]:
                 source = self.sources.get((component, key), "")
-                if not source.startswith(("env ", "override")):  # those are errors
+                if not source.startswith(_ABOVE_PROFILES):  # those are errors
                     self.delete((component, key))
+            for path in [p for p in self.pending if p[0] == component and len(p) > 1]:
+                if path[1] not in backend.settings.model_fields:
+                    del self.pending[path]  # a variable for the old backend's key
 
     def delete(self, path: Path_) -> None:
         node: Any = self.data
@@ -377,51 +426,56 @@ class _Layers:
             node.pop(path[-1], None)
         self._forget(path)
         self.sources.pop(path)
+        for missing in [p for p in self.pending if p[: len(path)] == path]:
+            del self.pending[missing]
+
+
+#: Sources of the layers above the profile chain (env vars, whether from the
+#: environment or the env file, the secrets directory, overrides).
+_ABOVE_PROFILES = ("env ", "secret file ", "override")
+
+
+@dataclasses.dataclass
+class _Layer:
+    """One profile file, read and interpolated."""
+
+    data: dict[str, Any]
+    sources: dict[Path_, str]
+    #: key paths whose value came from a file (secrets)
+    secrets: set[Path_]
+    #: key paths whose variable is unset (or whose ``${file:}`` does not exist)
+    missing: dict[Path_, ConfigProblem]
 
 
 class _Expansion:
-    """The variables ``${...}`` reads, and what interpolation has done so far in
-    one load (over the whole chain), to hold it to its bounds."""
+    """What ``${...}`` reads (the variables, the secrets directory, files), and
+    what interpolation has done so far in one load (over the whole chain), to
+    hold it to its bounds."""
 
-    __slots__ = ("chars", "environ", "references")
+    __slots__ = ("chars", "environ", "files", "origins", "references", "secrets", "texts")
 
-    def __init__(self, environ: Mapping[str, str]) -> None:
+    def __init__(
+        self,
+        environ: Mapping[str, str],
+        *,
+        origins: Mapping[str, str] | None = None,
+        secrets: SecretsDir | None = None,
+    ) -> None:
         self.environ = environ
+        #: variables that came from the env file: name -> "file:line"
+        self.origins: Mapping[str, str] = origins or {}
+        self.secrets = secrets
         self.references = 0
         self.chars = 0
+        #: files read in this load (one read each), by resolved path
+        self.files: dict[Path, str] = {}
+        #: the text of every value read from a file: never shown
+        self.texts: set[str] = set()
 
-
-def _interpolate(
-    text: str, budget: _Expansion, key: str, where: str
-) -> tuple[str, list[str], str | None]:
-    """Expand ``${VAR}``/``${VAR:-default}``; ``$${`` is a literal ``${``.
-
-    Returns the text, the variables used, and a problem (or None). The result's
-    size is counted while it is built, so a bound is hit before the memory is
-    spent, not after.
-    """
-    used: list[str] = []
-    problem: str | None = None
-    budget.chars += len(text)
-
-    def replace(match: re.Match[str]) -> str:
-        nonlocal problem
-        text = match.group(0)
-        if text == "$${":
-            return "${"
-        if match.group(1) is None:
-            problem = problem or "unclosed '${' (write '$${' for a literal '${')"
-            return text
-        spec = _VAR.match(match.group(1))
-        if spec is None:
-            problem = problem or (
-                f"malformed interpolation {text!r}: expected ${{NAME}} or ${{NAME:-default}}"
-            )
-            return text
-        name, default = spec.group(1), spec.group(2)
-        used.append(name)
-        budget.references += 1
-        if budget.references > MAX_INTERPOLATIONS:
+    def count(self, key: str, where: str) -> None:
+        """One more ``${...}`` reference."""
+        self.references += 1
+        if self.references > MAX_INTERPOLATIONS:
             raise ConfigError(
                 exceeded(
                     "the number of ${...} references",
@@ -432,14 +486,11 @@ def _interpolate(
                     "set the value once",
                 )
             )
-        value = budget.environ.get(name)
-        if value is None:
-            if default is None:
-                problem = problem or f"environment variable {name} is not set"
-                return text
-            value = default
-        budget.chars += len(value) - len(text)
-        if budget.chars > MAX_EXPANDED_CHARS:
+
+    def grow(self, chars: int, key: str, where: str, what: str) -> None:
+        """The interpolated text grew by ``chars``."""
+        self.chars += chars
+        if self.chars > MAX_EXPANDED_CHARS:
             raise ConfigError(
                 exceeded(
                     "the text of the interpolated values",
@@ -447,47 +498,190 @@ def _interpolate(
                     unit="characters",
                     key=key,
                     where=where,
-                    hint=f"${{{name}}} is {len(value):,} characters here; keep large "
-                    "values (certificates, lists) out of variables used many times",
+                    hint=f"{what} here; keep large values (certificates, lists) "
+                    "out of references used many times",
                 )
             )
+
+    def read(self, path: Path, what: str) -> str:
+        """The value ``path`` holds (read once per load); a secret from now on."""
+        key = path.absolute()
+        if key not in self.files:
+            self.files[key] = read_value_file(path, what)
+            if self.files[key]:
+                self.texts.add(self.files[key])
+        return self.files[key]
+
+    def lookup(self, name: str) -> tuple[str | None, str, bool]:
+        """The value of variable ``name``, how to name where it came from, and
+        whether it is a secret (read from a file). Raises FileProblem."""
+        file_var = f"{name}_FILE"
+        if name in self.environ:
+            if file_var in self.environ:
+                raise FileProblem(
+                    ConfigProblem(
+                        f"both {name} and {file_var} are set",
+                        hint=f"unset one of them ({file_var} names a file holding the value)",
+                    )
+                )
+            origin = self.origins.get(name)
+            return self.environ[name], f"${{{name}}}" + (f" from {origin}" if origin else ""), False
+        if file_var in self.environ:
+            path = self.environ[file_var]
+            value = self.read(Path(path), f"the file {file_var} names,")
+            return value, f"${{{name}}} from file {path} (${file_var})", True
+        if self.secrets is not None:
+            found = self.secrets.find(name)
+            if found is not None:
+                value = self.read(found, "the secret file")
+                return value, f"${{{name}}} from file {found}", True
+        return None, "", False
+
+
+class _Expanded:
+    """One string after interpolation."""
+
+    __slots__ = ("missing", "problem", "refs", "secret", "text")
+
+    def __init__(self) -> None:
+        self.text = ""
+        #: how each reference was answered, for the key's source
+        self.refs: list[str] = []
+        self.problem: ConfigProblem | None = None
+        #: an unset variable or a missing file: an error unless a higher layer sets the key
+        self.missing = False
+        self.secret = False
+
+
+def _interpolate(
+    text: str, budget: _Expansion, key: str, where: str, base: Path | None = None
+) -> _Expanded:
+    """Expand ``${VAR}``/``${VAR:-default}`` and ``${file:path}``; ``$${`` is a
+    literal ``${``. A relative ``${file:}`` path is relative to ``base`` (the
+    directory of the profile it is written in).
+
+    The result's size is counted while it is built, so a bound is hit before
+    the memory is spent, not after.
+    """
+    out = _Expanded()
+    budget.chars += len(text)
+
+    def fail(message: str, hint: str | None = None, *, missing: bool = False) -> None:
+        if out.problem is None:
+            out.problem = ConfigProblem(message, key=key, where=where, hint=hint)
+            out.missing = missing
+
+    def count() -> None:
+        budget.count(key, where)
+
+    def grow(value: str, text: str, name: str) -> None:
+        budget.grow(len(value) - len(text), key, where, f"{name} is {len(value):,} characters")
+
+    def from_file(text: str, spec: str) -> str:
+        count()
+        if not spec:
+            fail("${file:} names no file", "write ${file:/run/secrets/NAME}")
+            return text
+        path = Path(spec)
+        if not path.is_absolute() and base is not None:
+            path = base / path
+        try:
+            value = budget.read(path, "the file")
+        except FileProblem as problem:
+            fail(problem.problem.message, problem.problem.hint, missing=problem.missing)
+            return text
+        out.refs.append(f"file {path}")
+        out.secret = True
+        grow(value, text, f"${{file:{shorten(spec, 40)}}}")
         return value
 
-    return _INTERPOLATION.sub(replace, text), used, problem
+    def replace(match: re.Match[str]) -> str:
+        text = match.group(0)
+        if text == "$${":
+            return "${"
+        if match.group(1) is None:
+            fail("unclosed '${' (write '$${' for a literal '${')")
+            return text
+        if match.group(1).startswith("file:"):
+            return from_file(text, match.group(1)[5:])
+        spec = _VAR.match(match.group(1))
+        if spec is None:
+            fail(
+                f"malformed interpolation {shorten(text)!r}: expected ${{NAME}}, "
+                "${NAME:-default} or ${file:path}"
+            )
+            return text
+        name, default = spec.group(1), spec.group(2)
+        count()
+        try:
+            value, ref, secret = budget.lookup(name)
+        except FileProblem as problem:
+            fail(problem.problem.message, problem.problem.hint)
+            return text
+        if value is None:
+            if default is None:
+                fail(
+                    f"environment variable {name} is not set",
+                    f"set {name} (in the environment, an env file, {name}_FILE naming a "
+                    f"file, or the secrets directory) or give a default: ${{{name}:-value}}",
+                    missing=True,
+                )
+                return text
+            value, ref = default, f"${{{name}}}"
+        out.refs.append(ref)
+        out.secret = out.secret or secret
+        grow(value, text, f"${{{name}}}")
+        return value
+
+    out.text = _INTERPOLATION.sub(replace, text)
+    return out
 
 
 def _interpolate_tree(
     value: Any,
     path: Path_,
-    sources: dict[Path_, str],
-    problems: list[ConfigProblem],
+    layer: _Layer,
     budget: _Expansion,
+    *,
+    base: Path,
+    problems: list[ConfigProblem],
+    slot: Path_ | None = None,
 ) -> Any:
+    """Interpolate every string under ``value``. An unset variable makes its key
+    missing (``_MISSING``); inside a list, the whole list (its key is the slot
+    that a higher layer may set instead)."""
     if isinstance(value, dict):
-        return {
-            k: _interpolate_tree(v, (*path, k), sources, problems, budget) for k, v in value.items()
+        out = {
+            k: _interpolate_tree(
+                v, (*path, k), layer, budget, base=base, problems=problems, slot=slot
+            )
+            for k, v in value.items()
         }
+        if slot is not None and any(v is _MISSING for v in out.values()):
+            return _MISSING
+        return out
     if isinstance(value, list):
-        return [
-            _interpolate_tree(v, (*path, str(i)), sources, problems, budget)
+        items = [
+            _interpolate_tree(
+                v, (*path, str(i)), layer, budget, base=base, problems=problems, slot=slot or path
+            )
             for i, v in enumerate(value)
         ]
+        return _MISSING if any(v is _MISSING for v in items) else items
     if isinstance(value, str) and "${" in value:
-        where = sources.get(path, "")
-        result, used, problem = _interpolate(value, budget, ".".join(path), where)
-        if problem is not None:
-            hint = None
-            if "is not set" in problem:
-                hint = (
-                    f"export {used[-1]}=... or give a default: ${{{used[-1]}:-value}}"
-                    if used
-                    else None
-                )
-            problems.append(ConfigProblem(problem, key=".".join(path), where=where, hint=hint))
+        where = layer.sources.get(path, "")
+        result = _interpolate(value, budget, ".".join(path), where, base)
+        if result.problem is not None:
+            if result.missing:
+                layer.missing.setdefault(slot or path, result.problem)
+            else:
+                problems.append(result.problem)
             return _MISSING
-        if used:
-            sources[path] = f"{where} (${{{', '.join(dict.fromkeys(used))}}})"
-        return result
+        if result.refs:
+            layer.sources[path] = f"{where} ({', '.join(dict.fromkeys(result.refs))})"
+        if result.secret:
+            layer.secrets.add(path)
+        return result.text
     return value
 
 
@@ -502,21 +696,20 @@ _MISSING = _Missing()
 def _drop_missing(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: _drop_missing(v) for k, v in value.items() if v is not _MISSING}
-    if isinstance(value, list):
-        return [_drop_missing(v) for v in value if v is not _MISSING]
     return value
 
 
-def _read_profile(
-    path: Path, budget: _Expansion
-) -> tuple[dict[str, Any], dict[Path_, str], list[ConfigProblem]]:
+def _read_profile(path: Path, budget: _Expansion) -> tuple[_Layer, list[ConfigProblem]]:
     """One file: its interpolated data, where each key was written, and its problems."""
     where = _display(path)
     data, locations = _yaml.parse(_read_text(path), where)
-    sources = {p: str(loc) for p, loc in locations.items()}
+    layer = _Layer({}, {p: str(loc) for p, loc in locations.items()}, set(), {})
     problems: list[ConfigProblem] = []
-    data = _drop_missing(_interpolate_tree(data, (), sources, problems, budget))
-    return data, sources, problems
+    base = path.parent
+    layer.data = _drop_missing(
+        _interpolate_tree(data, (), layer, budget, base=base, problems=problems)
+    )
+    return layer, problems
 
 
 def _resolve_extends(value: Any, where: str, base_of: Path, profiles_dir: Path) -> Path:
@@ -576,12 +769,9 @@ def _resolve_extends(value: Any, where: str, base_of: Path, profiles_dir: Path) 
     return found
 
 
-def _load_chain(
-    path: Path, profiles_dir: Path, environ: Mapping[str, str], layers: _Layers
-) -> None:
-    chain: list[tuple[Path, dict[str, Any], dict[Path_, str]]] = []
+def _load_chain(path: Path, profiles_dir: Path, budget: _Expansion, layers: _Layers) -> None:
+    chain: list[_Layer] = []
     seen: list[Path] = []
-    budget = _Expansion(environ)
     current: Path | None = path
     while current is not None:
         if len(chain) == MAX_EXTENDS:
@@ -591,7 +781,7 @@ def _load_chain(
                     "MAX_EXTENDS",
                     unit="profiles",
                     key="extends",
-                    where=chain[-1][2].get(("extends",), _display(current)),
+                    where=chain[-1].sources.get(("extends",), _display(current)),
                     hint="extend a profile that extends fewer others",
                 )
             )
@@ -602,34 +792,45 @@ def _load_chain(
                 ConfigProblem(
                     f"extends forms a cycle: {names}",
                     key="extends",
-                    where=chain[-1][2].get(("extends",), _display(current)),
+                    where=chain[-1].sources.get(("extends",), _display(current)),
                 )
             )
         seen.append(resolved)
-        data, sources, problems = _read_profile(current, budget)
+        layer, problems = _read_profile(current, budget)
         layers.problems.extend(problems)
-        parent = data.pop("extends", None)
-        chain.append((current, data, sources))
+        parent = layer.data.pop("extends", None)
+        chain.append(layer)
         current = (
             _resolve_extends(
-                parent, sources.get(("extends",), _display(current)), current, profiles_dir
+                parent, layer.sources.get(("extends",), _display(current)), current, profiles_dir
             )
             if parent is not None
             else None
         )
-    for _, data, sources in reversed(chain):
-        layers.switch_backends(data)
-        layers.merge(data, sources)
+    for layer in reversed(chain):
+        layers.switch_backends(layer.data)
+        layers.merge(layer)
 
 
 # --- environment and overrides ----------------------------------------------
 
 
-def parse_value(raw: str) -> Any:
-    """Env and command-line values: JSON for lists/objects, else the string.
+#: How a value given as text is read, by the type of the key it sets: as it is
+#: (a string, number, boolean ... key), as JSON (a list, mapping or section),
+#: as JSON when it parses (a key that takes either), or, for a key the models
+#: do not know, as JSON when it looks like JSON (the error names the key).
+Kind = Literal["text", "json", "either"] | None
 
-    Malformed JSON raises :class:`json.JSONDecodeError`; a value over one of
-    the loader's bounds (its length, its nesting, an integer's digits) raises
+
+def parse_value(raw: str, kind: Kind = None) -> Any:
+    """Env, secret-file and command-line values, read as pydantic-settings does:
+    by the type of the key they set (``kind``, see :func:`value_kind`).
+
+    A string key takes the text as it is (``[HIDDEN]`` stays a string); a list,
+    mapping or section key takes JSON when the text starts with ``[`` or ``{``.
+    Malformed JSON raises :class:`json.JSONDecodeError` (not for ``"either"``,
+    which falls back to the text); a value over one of the loader's bounds (its
+    length, its nesting, an integer's digits) raises
     :class:`~infrakit.errors.ConfigError` naming the bound.
     """
     if len(raw) > MAX_VALUE_CHARS:
@@ -643,12 +844,16 @@ def parse_value(raw: str) -> Any:
             )
         )
     stripped = raw.strip()
-    if stripped[:1] not in ("[", "{"):
+    if kind == "text" or stripped[:1] not in ("[", "{"):
         return raw
     try:
         value = json.loads(stripped, parse_int=_json_int)
     except RecursionError:
         value = _TOO_DEEP
+    except json.JSONDecodeError:
+        if kind == "either":
+            return raw
+        raise
     if value is _TOO_DEEP or not _within_depth(value):
         raise ConfigError(
             exceeded(
@@ -690,6 +895,87 @@ def _within_depth(value: Any) -> bool:
     return True
 
 
+def _members(annotation: Any) -> list[Any]:
+    """The types a field may hold: ``Annotated`` unwrapped, unions split, None left out."""
+    while typing.get_origin(annotation) is Annotated:
+        annotation = typing.get_args(annotation)[0]
+    if typing.get_origin(annotation) in (Union, types.UnionType):
+        return [m for arg in typing.get_args(annotation) for m in _members(arg)]
+    return [] if annotation is type(None) else [annotation]
+
+
+def _is_complex(annotation: Any) -> bool:
+    """A type whose value is written as JSON (what pydantic-settings calls complex)."""
+    origin = typing.get_origin(annotation) or annotation
+    if not isinstance(origin, type) or issubclass(origin, str | bytes):
+        return False
+    return issubclass(origin, BaseModel | Mapping | Sequence | AbstractSet | tuple)
+
+
+def _annotations_at(path: Path_, data: Mapping[str, Any]) -> list[Any]:
+    """The types the key at ``path`` may hold, given the data so far (whose
+    backend selections narrow the component sections); [] when no model knows it."""
+    current: list[Any] = [settings_model(data)]
+    for part in path:
+        found: list[Any] = []
+        for member in (m for a in current for m in _members(a)):
+            origin = typing.get_origin(member) or member
+            args = typing.get_args(member)
+            if isinstance(member, type) and issubclass(member, BaseModel):
+                field = member.model_fields.get(part)
+                if field is not None:
+                    found.append(field.annotation)
+            elif isinstance(origin, type) and issubclass(origin, Mapping) and len(args) == 2:
+                found.append(args[1])
+            elif isinstance(origin, type) and issubclass(origin, Sequence) and part.isdigit():
+                found.append(args[0] if args else Any)
+        current = found
+    return current
+
+
+def value_kind(path: Path_, data: Mapping[str, Any] | None = None) -> Kind:
+    """How text for the key at ``path`` is read (see :data:`Kind`)."""
+    members = [m for a in _annotations_at(path, data or {}) for m in _members(a)]
+    if not members:
+        return None
+    complex_ = [_is_complex(m) for m in members]
+    if all(complex_):
+        return "json"
+    return "either" if any(complex_) else "text"
+
+
+class TextValue(str):
+    """An override given as text (``--set key=value``): read by the type of the
+    key it sets, as an ``INFRAKIT__`` variable is; ``where`` names it in errors."""
+
+    where: str
+
+    def __new__(cls, text: str, where: str = "") -> Self:
+        value = super().__new__(cls, text)
+        value.where = where
+        return value
+
+
+def _parse_for(layers: _Layers, path: Path_, raw: str, where: str) -> tuple[Any, bool]:
+    """``raw`` read for the key at ``path``; a problem is recorded (and False returned)."""
+    try:
+        return parse_value(raw, value_kind(path, layers.data)), True
+    except json.JSONDecodeError as exc:
+        layers.problems.append(
+            ConfigProblem(
+                f"value looks like JSON but does not parse: {exc.msg}",
+                key=".".join(path),
+                where=where,
+                hint="this key takes a list or mapping written as JSON",
+            )
+        )
+    except ConfigError as exc:
+        layers.problems.extend(
+            dataclasses.replace(p, key=".".join(path), where=where) for p in exc.problems
+        )
+    return None, False
+
+
 def _env_path(name: str) -> tuple[Path_ | None, ConfigProblem | None]:
     """The key path of an ``INFRAKIT__A__B`` variable, or the problem with its name
     (checked before the name is split: a name of thousands of segments is refused
@@ -723,35 +1009,52 @@ def _env_path(name: str) -> tuple[Path_ | None, ConfigProblem | None]:
     return parts, None
 
 
-def _apply_env(layers: _Layers, environ: Mapping[str, str]) -> None:
-    for name in sorted(environ):
-        if name[: len(ENV_PREFIX)].upper() != ENV_PREFIX:
+def _is_setting_name(name: str) -> bool:
+    return name[: len(ENV_PREFIX)].upper() == ENV_PREFIX
+
+
+def _set_from_text(
+    layers: _Layers, name: str, raw: str, source: str, *, secret: bool = False
+) -> None:
+    parts, problem = _env_path(name)
+    if parts is None:
+        assert problem is not None
+        layers.problems.append(dataclasses.replace(problem, where=source))
+        return
+    value, ok = _parse_for(layers, parts, raw, source)
+    if not ok:
+        return
+    if len(parts) == 2:
+        layers.switch_backends({parts[0]: {parts[1]: value}})
+    layers.set(parts, value, source, secret=secret)
+
+
+def _apply_secrets_dir(layers: _Layers, secrets: SecretsDir, budget: _Expansion) -> None:
+    """Files named like ``INFRAKIT__SECTION__KEY`` variables, below the environment."""
+    for name in secrets.names():
+        if not _is_setting_name(name):
             continue
-        parts, problem = _env_path(name)
-        if parts is None:
-            assert problem is not None
-            layers.problems.append(problem)
-            continue
-        source = f"env {name}"
+        source = f"secret file {secrets.path / name}"
         try:
-            value = parse_value(environ[name])
-        except json.JSONDecodeError as exc:
-            layers.problems.append(
-                ConfigProblem(
-                    f"value looks like JSON but does not parse: {exc.msg}",
-                    key=".".join(parts),
-                    where=source,
-                )
-            )
+            path = secrets.find(name)
+            raw = budget.read(path, "the secret file") if path is not None else None
+        except FileProblem as problem:
+            layers.problems.append(dataclasses.replace(problem.problem, where=source))
             continue
-        except ConfigError as exc:
-            layers.problems.extend(
-                dataclasses.replace(p, key=".".join(parts), where=source) for p in exc.problems
-            )
+        if raw is not None:
+            _set_from_text(layers, name, raw, source, secret=True)
+
+
+def _apply_env(
+    layers: _Layers, environ: Mapping[str, str], origins: Mapping[str, str] | None = None
+) -> None:
+    origins = origins or {}
+    for name in sorted(environ):
+        if not _is_setting_name(name):
             continue
-        if len(parts) == 2:
-            layers.switch_backends({parts[0]: {parts[1]: value}})
-        layers.set(parts, value, source)
+        origin = origins.get(name)
+        source = f"env {shorten(name, 80)}" + (f" ({origin})" if origin else "")
+        _set_from_text(layers, name, environ[name], source)
 
 
 def _flatten_overrides(overrides: Mapping[str, Any], prefix: Path_ = ()) -> list[tuple[Path_, Any]]:
@@ -796,9 +1099,14 @@ def _apply_overrides(layers: _Layers, overrides: Mapping[str, Any]) -> None:
                 ConfigProblem("empty key segment", key=".".join(path), where="override")
             )
             continue
+        parsed, ok = value, True
+        if isinstance(value, TextValue):
+            parsed, ok = _parse_for(layers, path, str(value), value.where or "override")
+        if not ok:
+            continue
         if len(path) == 2:
-            layers.switch_backends({path[0]: {path[1]: value}})
-        layers.set(path, value, f"override {'.'.join(path)}")
+            layers.switch_backends({path[0]: {path[1]: parsed}})
+        layers.set(path, parsed, f"override {'.'.join(path)}")
 
 
 # --- validation ---------------------------------------------------------------
@@ -912,12 +1220,46 @@ def _validation_problems(
     return problems
 
 
+def _hide(
+    problems: list[ConfigProblem], secrets: frozenset[Path_], texts: set[str]
+) -> list[ConfigProblem]:
+    """Problems with nothing of a value read from a file: its value masked, and the
+    text of every such value masked wherever a message might quote it."""
+    # short texts are left alone: masking every "1" would garble the messages,
+    # and a value that short is no secret worth the name
+    hidden = sorted((t for t in texts if len(t) >= 4), key=len, reverse=True)
+    out = []
+    for problem in problems:
+        path = tuple(problem.key.split(".")) if problem.key else ()
+        fields: dict[str, str] = {}
+        secret = any(path[:depth] in secrets for depth in range(1, len(path) + 1))
+        if secret and problem.value is not None:
+            fields["value"] = MASK
+        for name in ("message", "value", "hint"):
+            text = fields.get(name, getattr(problem, name))
+            if text and any(s in text for s in hidden):
+                for s in hidden:
+                    text = text.replace(s, MASK)
+                fields[name] = text
+        out.append(dataclasses.replace(problem, **fields) if fields else problem)
+    return out
+
+
+def _path_option(
+    given: str | os.PathLike[str] | None, environ: Mapping[str, str], variable: str, what: str
+) -> Path | None:
+    text = os.fspath(given) if given is not None else environ.get(variable) or None
+    return None if text is None else _bounded_path(text, what)
+
+
 def load_settings(
     profile: str | os.PathLike[str] | None = None,
     *,
     profiles_dir: str | os.PathLike[str] | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
+    env_file: str | os.PathLike[str] | None = None,
+    secrets_dir: str | os.PathLike[str] | None = None,
 ) -> InfraSettings:
     """Load, merge and validate a profile.
 
@@ -927,26 +1269,53 @@ def load_settings(
     ``${VAR}`` interpolation and ``INFRAKIT__SECTION__KEY`` overrides;
     ``overrides`` (``{"database.pool_size": 3}``) beat everything.
 
+    ``env_file`` (else ``$INFRAKIT_ENV_FILE``) is a ``.env`` file whose
+    variables count as environment variables, the real environment winning.
+    ``secrets_dir`` (else ``$INFRAKIT_SECRETS_DIR``) is a directory of files
+    each named like a variable: ``INFRAKIT__DATABASE__URL`` sets that key
+    (below the environment), ``DATABASE_URL`` answers ``${DATABASE_URL}`` when
+    the variable is unset. Values read from files are secrets: masked in
+    :meth:`InfraSettings.masked` and in errors.
+
     Raises :class:`~infrakit.errors.ConfigError` listing every problem.
     """
-    env: Mapping[str, str] = os.environ if environ is None else environ
+    real: Mapping[str, str] = os.environ if environ is None else environ
+    env: Mapping[str, str] = real
+    origins: dict[str, str] = {}
+    dotenv_problems: list[ConfigProblem] = []
+    dotenv_path = _path_option(env_file, real, ENV_FILE_ENV, "the env file")
+    if dotenv_path is not None:
+        values, lines, dotenv_problems = read_env_file(dotenv_path)
+        origins = {name: line for name, line in lines.items() if name not in real}
+        env = {**values, **real}
+    secrets_path = _path_option(secrets_dir, env, SECRETS_DIR_ENV, "the secrets directory")
+    secrets = SecretsDir(secrets_path) if secrets_path is not None else None
     path = resolve_profile(profile, profiles_dir=profiles_dir, environ=env)
     label = os.fspath(profile) if profile is not None else (env.get(PROFILE_ENV) or DEFAULT_PROFILE)
     layers = _Layers()
+    layers.problems.extend(dotenv_problems)
+    budget = _Expansion(env, origins=origins, secrets=secrets)
     try:
-        _load_chain(path, _profiles_dir(profiles_dir, env), env, layers)
+        _load_chain(path, _profiles_dir(profiles_dir, env), budget, layers)
     except ConfigError as exc:
         raise ConfigError(list(exc.problems), profile=label) from None
-    _apply_env(layers, env)
+    if secrets is not None:
+        _apply_secrets_dir(layers, secrets, budget)
+    _apply_env(layers, env, origins)
     if overrides:
         _apply_overrides(layers, overrides)
+    layers.problems.extend(layers.pending.values())
+    secret_paths = layers.sources.secret_paths()
     try:
         settings = settings_model(layers.data).model_validate(layers.data)
     except ValidationError as exc:
         layers.problems.extend(_validation_problems(exc, layers.sources, layers.data))
-        raise ConfigError(layers.problems, profile=label) from None
+        raise ConfigError(
+            _hide(layers.problems, secret_paths, budget.texts), profile=label
+        ) from None
     if layers.problems:
-        raise ConfigError(layers.problems, profile=label)
+        raise ConfigError(_hide(layers.problems, secret_paths, budget.texts), profile=label)
     settings._profile = label
     settings._sources = {".".join(p): s for p, s in layers.sources.items()}
+    settings._secret_paths = secret_paths
     return settings

@@ -9,6 +9,7 @@ models (field descriptions included), so they are the single source of truth.
 from __future__ import annotations
 
 import functools
+import inspect
 import re
 import typing
 from typing import Annotated, Any, ClassVar, Literal, Self, Union
@@ -28,6 +29,7 @@ from pydantic import (
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from infrakit import registry
+from infrakit.scrub import MASK
 from infrakit.settings.auth import AuthSettings
 from infrakit.settings.base import BackendSettings, Section
 from infrakit.values import LOG_LEVELS, LogLevel, install_line
@@ -329,10 +331,24 @@ class InfraSettings(BaseSettings):
 
     _profile: str | None = PrivateAttr(default=None)
     _sources: dict[str, str] = PrivateAttr(default_factory=dict)
+    #: key paths whose value was read from a file: masked whatever their key
+    _secret_paths: frozenset[tuple[str, ...]] = PrivateAttr(default_factory=frozenset)
 
     def __new__(cls, *args: Any, **data: Any) -> Self:
         model = settings_model(data) if cls is InfraSettings else cls
         return typing.cast(Self, super().__new__(model))
+
+    def __init__(self, **values: Any) -> None:
+        # BaseSettings takes _env_file=, _secrets_dir=, _env_prefix= ... and would
+        # read them; here the loader owns every source, so they would be ignored
+        ignored = sorted(k for k in values if k in _SOURCE_OPTIONS)
+        if ignored:
+            hint = ", ".join(f"{k}=" for k in ignored)
+            raise TypeError(
+                f"InfraSettings does not take {hint}: the profile loader reads every source; "
+                "use load_settings(profile, env_file=..., secrets_dir=..., environ=...)"
+            )
+        super().__init__(**values)
 
     @classmethod
     def model_validate(cls, obj: Any, *args: Any, **kwargs: Any) -> Self:
@@ -390,8 +406,13 @@ class InfraSettings(BaseSettings):
         return {key: self._sources.get(key, "default") for key in flatten(self.masked())}
 
     def masked(self) -> dict[str, Any]:
-        """The settings as JSON-safe data with every secret masked."""
-        return self.model_dump(mode="json")
+        """The settings as JSON-safe data with every secret masked: secret types,
+        URL passwords, and every value read from a file (``${file:...}``, a
+        ``*_FILE`` variable, the secrets directory), whatever its key."""
+        data: dict[str, Any] = self.model_dump(mode="json")
+        for path in self._secret_paths:
+            _mask_at(data, path)
+        return data
 
     def section(self, component: str) -> BackendSettings:
         """The validated section of ``component`` (typed by its backend's model)."""
@@ -402,6 +423,29 @@ class InfraSettings(BaseSettings):
         """The backend ``component`` selects."""
         name: str = getattr(self.section(component), COMPONENT_SETTINGS[component].selector)
         return name
+
+
+#: BaseSettings' source options (its ``_name=`` keyword arguments).
+_SOURCE_OPTIONS = frozenset(
+    name for name in inspect.signature(BaseSettings.__init__).parameters if name.startswith("_")
+)
+
+
+def _mask_at(data: Any, path: tuple[str, ...]) -> None:
+    """Replace the value at ``path`` (mapping keys, list indexes) with the mask."""
+    node = data
+    for part in path[:-1]:
+        if isinstance(node, dict):
+            node = node.get(part)
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return
+    last = path[-1]
+    if isinstance(node, dict) and last in node:
+        node[last] = MASK
+    elif isinstance(node, list) and last.isdigit() and int(last) < len(node):
+        node[int(last)] = MASK
 
 
 def _installed(backend: registry.Backend) -> AfterValidator:

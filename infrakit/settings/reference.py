@@ -92,7 +92,11 @@ def render_reference() -> str:
         "",
         "Generated from the settings models by `infrakit config reference`; do not edit by",
         "hand (a test fails when this file is stale). Every key can also be set with the",
-        "environment variable shown (double underscores nest) or `--set key=value`.",
+        "environment variable shown (double underscores nest; also from an env file, or a",
+        "file of that name in the secrets directory) or `--set key=value`. Their text is",
+        "read by the key's type: as it is for strings, numbers and booleans, as JSON for",
+        "lists, mappings and sections. Any string value in a profile can be",
+        "`${VAR}`, `${VAR:-default}` or `${file:/run/secrets/name}` (see profiles.md).",
         "",
     ]
     for section, field in InfraSettings.model_fields.items():

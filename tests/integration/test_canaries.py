@@ -425,7 +425,7 @@ class TestProfileValues:
             "config show": _run_cli("config", "show", profile),
             "config show json": _run_cli("config", "show", profile, "--format", "json"),
             "config show sources": _run_cli("config", "show", profile, "--sources"),
-            "config diff": _run_cli("config", "diff", profile, "production"),
+            "config diff": _run_cli("config", "diff", profile, "single-host"),
             "db upgrade": _run_cli("db", "upgrade", profile),
             "check": _run_cli("check", profile, "--timeout", "5"),
             "check json": _run_cli("check", profile, "--json", "--timeout", "5"),

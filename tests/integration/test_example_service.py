@@ -1,5 +1,6 @@
-"""The example service end to end: on `local`, and on `production` against real
-PostgreSQL, Redis and an OTLP receiver — the same app, only the profile differs."""
+"""The example service end to end: on `local`, and on `production` (and `single-host`,
+production on loopback) against real PostgreSQL, Redis and an OTLP receiver — the
+same app, only the profile differs."""
 
 from __future__ import annotations
 
@@ -39,19 +40,21 @@ class TestScenario:
         assert result.health["ok"] is True
         assert result.public_health == {"status": "up"}  # nothing else for anonymous callers
 
-    async def test_on_production(self, fresh_pg_url: str, redis_prefix: str) -> None:
+    @pytest.mark.parametrize("profile", ["production", "single-host"])
+    async def test_on_production(self, fresh_pg_url: str, redis_prefix: str, profile: str) -> None:
+        """`production` with every address given; `single-host` (the README's demo)
+        with Redis at its loopback default."""
         with OtlpReceiver() as receiver:
             environ = {
                 "DATABASE_URL": fresh_pg_url,
-                "REDIS_URL": "redis://127.0.0.1:6379/0",
                 "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
                 "JWT_SECRET": JWT_SECRET,
             }
+            if profile == "production":
+                environ["REDIS_URL"] = "redis://127.0.0.1:6379/0"
             overrides = {"tokens.key_prefix": redis_prefix, "logging.level": "WARNING"}
-            assert await upgrade(load_settings("production", environ=environ)) is not None
-            result = await run_scenario(
-                "production", echo=False, environ=environ, overrides=overrides
-            )
+            assert await upgrade(load_settings(profile, environ=environ)) is not None
+            result = await run_scenario(profile, echo=False, environ=environ, overrides=overrides)
             spans = {s.name for s in receiver.wait_for_spans(10)}
         assert [s.status for s in result.steps] == EXPECTED
         assert result.audit_actions == AUDIT
@@ -111,7 +114,7 @@ class TestBadStart:
             "logging.level": "CRITICAL",
         }
         with pytest.raises(RuntimeError) as caught:
-            await run_scenario("production", echo=False, environ=environ, overrides=overrides)
+            await run_scenario("single-host", echo=False, environ=environ, overrides=overrides)
         text = str(caught.value)
         assert "infrakit could not start" in text
         assert "redis://:***@127.0.0.1:9/0" in text
@@ -163,8 +166,8 @@ class TestUnderLoad:
             "telemetry.exporter": "none",
             "logging.level": "WARNING",
         }
-        assert await upgrade(load_settings("production", environ=environ)) is not None
-        app = create_app("production", environ=environ, overrides=overrides)
+        assert await upgrade(load_settings("single-host", environ=environ)) is not None
+        app = create_app("single-host", environ=environ, overrides=overrides)
         limits = httpx.Limits(max_connections=self.CLIENTS, max_keepalive_connections=0)
         async with (
             app.router.lifespan_context(app),

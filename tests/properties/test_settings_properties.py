@@ -349,7 +349,7 @@ class TestProperty18Bounds:
     @pytest.fixture(autouse=True)
     def _backends_imported(self) -> None:
         """Import every backend's settings module before memory is measured."""
-        load_settings("production", environ={"JWT_SECRET": "x" * 32})
+        load_settings("single-host", environ={"JWT_SECRET": "x" * 32})
         load_settings("test", environ={})
 
     @given(
@@ -388,3 +388,73 @@ class TestProperty18Bounds:
             with pytest.raises(ConfigError, match=rf"\({limit}\)"):
                 load_text(text, environ=environ)
         assert limits.MAX_PROFILE_NAME_CHARS < 400
+
+
+#: File contents: any text (a trailing newline is the only thing the loader removes).
+file_texts = st.text(alphabet=st.characters(codec="utf-8", exclude_characters="\r"), max_size=200)
+#: A secret that cannot appear in output by chance.
+file_secrets = st.text(alphabet=string.ascii_letters + string.digits, min_size=12, max_size=40).map(
+    lambda s: f"fs-{s}"
+)
+
+
+class TestValuesFromFiles:
+    """``${file:...}`` and the secrets directory: contents round-trip, and never show."""
+
+    @given(text=file_texts, newline=st.booleans())
+    def test_file_contents_round_trip(self, text: str, newline: bool) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "value").write_bytes((text + ("\n" if newline else "")).encode("utf-8"))
+            Path(tmp, "p.yaml").write_text(
+                "logging:\n  redact:\n    replacement: ${file:value}\n", encoding="utf-8"
+            )
+            settings = load_settings(Path(tmp, "p.yaml"), environ={})
+        # one newline is removed, the one `echo` adds
+        assert settings.logging.redact.replacement == (text if newline else text.removesuffix("\n"))
+
+    @given(text=file_texts)
+    def test_secrets_dir_contents_round_trip(self, text: str) -> None:
+        with tempfile.TemporaryDirectory() as tmp:
+            name = "INFRAKIT__LOGGING__REDACT__REPLACEMENT"
+            Path(tmp, name).write_bytes((text + "\n").encode("utf-8"))
+            settings = load_settings("test", environ={}, secrets_dir=tmp)
+        assert settings.logging.redact.replacement == text
+
+    @given(
+        secret=file_secrets,
+        key=st.sampled_from(
+            ["service.name", "service.version", "logging.redact.replacement", "database.url"]
+        ),
+        how=st.sampled_from(["file", "secrets dir", "_FILE"]),
+        options=st.sampled_from([[], ["--format", "json"], ["--sources"]]),
+    )
+    def test_a_file_value_never_shows(
+        self, secret: str, key: str, how: str, options: list[str]
+    ) -> None:
+        value = f"sqlite+aiosqlite:///{secret}.db" if key == "database.url" else secret
+        section, _, leaf = key.rpartition(".")
+        with tempfile.TemporaryDirectory() as tmp:
+            Path(tmp, "value").write_text(value + "\n", encoding="utf-8")
+            reference = "${file:value}" if how == "file" else "${THE_VALUE}"
+            if section == "logging.redact":
+                text = f"extends: test\nlogging:\n  redact:\n    {leaf}: {reference}\n"
+            else:
+                text = f"extends: test\n{section}:\n  {leaf}: {reference}\n"
+            Path(tmp, "p.yaml").write_text(text, encoding="utf-8")
+            argv = ["config", "show", str(Path(tmp, "p.yaml")), *options]
+            if how == "secrets dir":
+                Path(tmp, "value").rename(Path(tmp, "THE_VALUE"))
+                argv += ["--secrets-dir", tmp]
+            out, err = io.StringIO(), io.StringIO()
+            env = {"THE_VALUE_FILE": str(Path(tmp, "value"))} if how == "_FILE" else {}
+            with (
+                pytest.MonkeyPatch.context() as patch,
+                contextlib.redirect_stdout(out),
+                contextlib.redirect_stderr(err),
+            ):
+                for name, setting in env.items():
+                    patch.setenv(name, setting)
+                code = cli_main(argv)
+        assert code == 0, err.getvalue()
+        assert secret not in out.getvalue() + err.getvalue()
+        assert "***" in out.getvalue()

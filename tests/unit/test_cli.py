@@ -95,7 +95,7 @@ class TestConfigShow:
     ) -> None:
         monkeypatch.setenv("DATABASE_URL", "postgresql+asyncpg://app:TOPSECRET@db/app")
         monkeypatch.setenv("JWT_SECRET", "JWTSECRET-" + "x" * 32)
-        code, out, _ = run(["config", "show", "production"], capsys)
+        code, out, _ = run(["config", "show", "single-host"], capsys)
         assert code == 0
         assert "TOPSECRET" not in out
         assert "JWTSECRET" not in out

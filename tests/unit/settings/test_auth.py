@@ -89,7 +89,7 @@ class TestSecret:
         assert settings.masked()["auth"]["secret"] == "**********"
 
     def test_env_variable_in_production(self) -> None:
-        settings = load_settings("production", environ={"JWT_SECRET": SECRET})
+        settings = load_settings("single-host", environ={"JWT_SECRET": SECRET})
         assert settings.auth.secret is not None
         assert settings.auth.secret.get_secret_value() == SECRET
         assert "JWT_SECRET" in settings.sources()["auth.secret"]
@@ -104,7 +104,12 @@ class TestSecret:
             f"extends: production\nauth:\n  algorithms: [RS256]\n  public_key_file: {public}\n",
             encoding="utf-8",
         )
-        settings = load_settings(str(profile), environ={})
+        addresses = {
+            "DATABASE_URL": "postgresql+asyncpg://db/app",
+            "REDIS_URL": "redis://cache:6379/0",
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+        }
+        settings = load_settings(str(profile), environ=addresses)  # no JWT_SECRET needed
         assert settings.auth.secret is None
         assert not settings.auth.hmac
 

@@ -205,9 +205,13 @@ class TestEnvironment:
     """``INFRAKIT__`` names and values are measured before they are split or parsed."""
 
     def test_100k_deep_json_value(self, tmp_path: Path) -> None:
-        env = {"INFRAKIT__SERVICE__NAME": "[" * 100_000 + "]" * 100_000}
+        # a list key: its value is JSON (a string key takes the text as it is)
+        env = {"INFRAKIT__TELEMETRY__EXCLUDED_PATHS": "[" * 100_000 + "]" * 100_000}
         text = refused(lambda: load(tmp_path, "test", environ=env), "MAX_DEPTH")
-        assert "env INFRAKIT__SERVICE__NAME: service.name: the JSON value's nesting" in text
+        assert (
+            "env INFRAKIT__TELEMETRY__EXCLUDED_PATHS: telemetry.excluded_paths: "
+            "the JSON value's nesting" in text
+        )
 
     def test_json_just_over_the_depth(self, tmp_path: Path) -> None:
         depth = limits.MAX_DEPTH + 1
@@ -237,7 +241,7 @@ class TestEnvironment:
 
     def test_every_bad_variable_is_reported(self, tmp_path: Path) -> None:
         env = {
-            "INFRAKIT__SERVICE__NAME": "[" * 100,
+            "INFRAKIT__TELEMETRY__EXCLUDED_PATHS": "[" * 100,
             "INFRAKIT__SERVICE__" + "__".join(["a"] * 100): "x",
         }
         with pytest.raises(ConfigError) as exc:
@@ -298,10 +302,13 @@ class TestOverrides:
         with redirect_stderr(err):
             code = cli_main(
                 ["config", "validate", "test", "--profiles-dir", str(tmp_path),
-                 "--set", "service.name=" + "[" * 100_000]
+                 "--set", "logging.redact.extra_patterns=" + "[" * 100_000]
             )  # fmt: skip
         assert code == 1
-        assert "--set service.name: service.name: the JSON value's nesting" in err.getvalue()
+        assert (
+            "--set logging.redact.extra_patterns: logging.redact.extra_patterns: "
+            "the JSON value's nesting" in err.getvalue()
+        )
         assert "(MAX_DEPTH)" in err.getvalue()
 
 

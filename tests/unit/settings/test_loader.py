@@ -41,6 +41,15 @@ def problems(exc: pytest.ExceptionInfo[ConfigError]) -> list[str]:
     return [str(p) for p in exc.value.problems]
 
 
+#: what production reads from the environment, with no fallback
+ADDRESSES = {
+    "DATABASE_URL": "postgresql+asyncpg://db/app",
+    "REDIS_URL": "redis://cache:6379/0",
+    "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+}
+JWT = {"JWT_SECRET": "s" * 32}
+
+
 class TestEmbeddedProfiles:
     """The three shipped profiles load and say what they promise."""
 
@@ -79,19 +88,56 @@ class TestEmbeddedProfiles:
     def test_production_requires_the_jwt_secret(self, tmp_path: Path) -> None:
         """No development fallback: the error names the variable and the fix."""
         with pytest.raises(ConfigError) as caught:
-            load_settings("production", environ={}, profiles_dir=tmp_path)
+            load_settings("production", environ=ADDRESSES, profiles_dir=tmp_path)
         (problem,) = caught.value.problems
         assert problem.key == "auth.secret"
         assert "${JWT_SECRET}" in problem.where
         assert "production.yaml:" in problem.where
         assert "openssl rand -hex 32" in problem.message
 
-    def test_production_has_loopback_defaults(self, tmp_path: Path) -> None:
+    def test_production_requires_its_addresses(self, tmp_path: Path) -> None:
+        """No silent fallback to loopback: one error naming every missing variable."""
+        with pytest.raises(ConfigError) as exc:
+            load_settings("production", environ=JWT, profiles_dir=tmp_path)
+        text = str(exc.value)
+        assert text.startswith("3 problems in profile 'production':")
+        for key, name in [
+            ("database.url", "DATABASE_URL"),
+            ("tokens.url", "REDIS_URL"),
+            ("telemetry.endpoint", "OTEL_EXPORTER_OTLP_ENDPOINT"),
+        ]:
+            assert "production.yaml:" in text
+            assert f"{key}: environment variable {name} is not set" in text
+        assert "127.0.0.1" not in text
+
+    def test_production_names_only_what_is_missing(self, tmp_path: Path) -> None:
+        env = {"DATABASE_URL": "postgresql+asyncpg://db.internal/app", **JWT}
+        with pytest.raises(ConfigError) as exc:
+            load_settings("production", environ=env, profiles_dir=tmp_path)
+        assert [p.key for p in exc.value.problems] == ["tokens.url", "telemetry.endpoint"]
+
+    def test_single_host_is_production_on_loopback(self, tmp_path: Path) -> None:
         settings = load_settings(
-            "production", environ={"JWT_SECRET": "s" * 32}, profiles_dir=tmp_path
+            "single-host", environ={"JWT_SECRET": "s" * 32}, profiles_dir=tmp_path
         )
-        assert "127.0.0.1" in sql(settings).url.get_secret_value()
+        assert sql(settings).url.get_secret_value() == (
+            "postgresql+asyncpg://postgres@127.0.0.1:5432/postgres"
+        )
         assert redis(settings).url.get_secret_value() == "redis://127.0.0.1:6379/0"
+        endpoint = otlp(settings).endpoint
+        assert endpoint is not None
+        assert endpoint.get_secret_value() == "http://127.0.0.1:4318"
+        # everything else is production's
+        assert (settings.tokens.backend, settings.audit.backend) == ("redis", "sql")
+        assert settings.logging.format == "json"
+        assert sql(settings).pool_size == 10
+        assert settings.sources()["database.url"].endswith("(${DATABASE_URL})")
+        assert "single-host.yaml" in settings.sources()["database.url"]
+
+    def test_single_host_takes_the_variables_too(self, tmp_path: Path) -> None:
+        env = {"REDIS_URL": "redis://cache:6379/1", **JWT}
+        settings = load_settings("single-host", environ=env, profiles_dir=tmp_path)
+        assert redis(settings).url.get_secret_value() == "redis://cache:6379/1"
 
     def test_profile_from_env_var(self, tmp_path: Path) -> None:
         settings = load_settings(environ={"INFRAKIT_PROFILE": "test"}, profiles_dir=tmp_path)
@@ -120,7 +166,13 @@ class TestEmbeddedProfiles:
         self, write_profile: WriteProfile, profiles_dir: Path
     ) -> None:
         write_profile("staging", "{}")
-        assert available_profiles(profiles_dir) == ["local", "production", "staging", "test"]
+        assert available_profiles(profiles_dir) == [
+            "local",
+            "production",
+            "single-host",
+            "staging",
+            "test",
+        ]
         assert resolve_profile("test", profiles_dir=profiles_dir).parent == EMBEDDED_PROFILES_DIR
 
     def test_empty_file_is_all_defaults(
@@ -144,7 +196,7 @@ class TestMissingProfile:
         text = str(exc.value)
         assert "'stagin' not found" in text
         assert "did you mean 'staging'?" in text
-        assert "local, production, staging, test" in text
+        assert "local, production, single-host, staging, test" in text
 
     def test_missing_path(self, tmp_path: Path) -> None:
         with pytest.raises(ConfigError, match="does not exist"):
