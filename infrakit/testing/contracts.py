@@ -136,6 +136,36 @@ class AuditLoggerContract:
         assert await logger.count(AuditFilter(user_id="t3")) == 10
         assert (await logger.verify()).ok
 
+    async def test_concurrent_callers_get_their_own_entries(self, logger: AuditLogger) -> None:
+        """Each concurrent call returns its own entries as stored; a batch stays in one piece."""
+
+        async def single(n: int) -> list[AuditEntry]:
+            return [await logger.log_action("one", "doc", resource_id=str(n))]
+
+        async def batch(n: int) -> list[AuditEntry]:
+            return await logger.log_many([entry(1000 + n * 10 + i) for i in range(5)])
+
+        results = await asyncio.gather(*(batch(n) if n % 4 == 0 else single(n) for n in range(40)))
+        stored = [e for result in results for e in result]
+        back = {e.id: e for e in await logger.query(AuditFilter(limit=1000))}
+        assert len(back) == len(stored) == 30 + 10 * 5
+        assert all(back[e.id] == e for e in stored)
+        if stored[0].hash is not None:  # chained: one chain, each batch a run of it
+            for result in results:
+                assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(result))
+            after = {e.prev_hash: e for e in stored}
+            first = [e for e in stored if e.prev_hash not in {s.hash for s in stored}]
+            assert len(first) == 1
+            walked, at = 0, first[0]
+            while True:
+                walked += 1
+                following = after.get(at.hash)
+                if following is None:
+                    break
+                at = following
+            assert walked == len(stored)
+        assert (await logger.verify()).ok
+
     async def test_append_only_interface(self, logger: AuditLogger) -> None:
         for name in ("update", "delete", "remove", "clear", "truncate"):
             assert not hasattr(logger, name)

@@ -3,19 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import multiprocessing
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
 
-from infrakit.audit import AuditFilter, SqlAuditLogger
-from infrakit.audit.sql import AUDIT_TABLE, metadata
+from infrakit.audit import AuditEntry, AuditFilter, SqlAuditLogger
+from infrakit.audit.sql import _PG_CHAIN_LOCK, AUDIT_TABLE, metadata
 from infrakit.database import DatabaseSession, upgrade
 from infrakit.database.migrate import VERSION_TABLE
-from infrakit.errors import DatabaseError
+from infrakit.errors import AuditError, DatabaseError
 from infrakit.testing.contracts import AuditLoggerContract, MakeLogger, entry
+from tests.unit.audit.group_commit import POISON, Counter, GroupCommitChecks, rows_in_order
 
 pytestmark = pytest.mark.integration
 
@@ -198,3 +201,119 @@ class TestDatabaseFailures:
         # the pool recovers: the next session works (pre-ping drops the dead connection)
         async with pg.session() as s:
             assert (await s.execute(sa.text("SELECT 1"))).scalar() == 1
+
+
+class TestGroupCommitOnPostgres(GroupCommitChecks):
+    """Group commit on PostgreSQL: one advisory lock, head read, insert and commit per group."""
+
+    @pytest.fixture
+    def database(self, pg: DatabaseSession) -> DatabaseSession:
+        return pg
+
+    @contextlib.asynccontextmanager
+    async def transactions(self, db: DatabaseSession) -> AsyncIterator[Counter]:
+        # Each row's xmin is the transaction that inserted it.
+        async with db.engine.connect() as conn:
+            before = (await conn.execute(sa.text(f"SELECT max(seq) FROM {AUDIT_TABLE}"))).scalar()
+
+        async def count() -> int:
+            async with db.engine.connect() as conn:
+                statement = sa.text(
+                    f"SELECT count(DISTINCT xmin::text) FROM {AUDIT_TABLE} WHERE seq > :before"
+                )
+                return int((await conn.execute(statement, {"before": before or 0})).scalar_one())
+
+        yield count
+
+    @contextlib.asynccontextmanager
+    async def refusing(self, db: DatabaseSession) -> AsyncIterator[None]:
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    f"ALTER TABLE {AUDIT_TABLE} ADD CONSTRAINT refuse_poison "
+                    f"CHECK (action <> '{POISON}')"
+                )
+            )
+        try:
+            yield
+        finally:
+            async with db.engine.begin() as conn:
+                await conn.execute(
+                    sa.text(f"ALTER TABLE {AUDIT_TABLE} DROP CONSTRAINT refuse_poison")
+                )
+
+
+def _dsn(db: DatabaseSession) -> str:
+    url = db.engine.url.render_as_string(hide_password=False)
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _blocked_on_the_chain_lock(conn: asyncpg.Connection) -> int:
+    """The backend pid of the writer waiting for the chain's advisory lock."""
+    async with asyncio.timeout(60):  # hang protection only
+        while True:
+            pid = await conn.fetchval(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            if pid is not None:
+                return int(pid)
+            await asyncio.sleep(0.01)
+
+
+class TestGroupCommitWhileTheLockIsHeld:
+    """A group in flight (held at the chain lock by another session): failure and cancellation."""
+
+    async def test_a_terminated_backend_fails_its_group_and_the_logger_recovers(
+        self, pg: DatabaseSession
+    ) -> None:
+        audit = SqlAuditLogger(pg)
+        await audit.log_action("before", "doc")
+        holder = await asyncpg.connect(_dsn(pg))
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1)", _PG_CHAIN_LOCK)
+            tasks = [
+                asyncio.create_task(audit.log_action("doomed", "doc", user_id=f"c{n}"))
+                for n in range(10)
+            ]
+            pid = await _blocked_on_the_chain_lock(holder)
+            assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock_all()")
+            await holder.close()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in outcomes:
+            assert isinstance(outcome, AuditError), outcome
+            assert "writing 1 audit entry" in str(outcome)
+            assert "one group with 9 other entries; none of the group was written" in str(outcome)
+            assert outcome.__cause__ is not None
+        assert [row["action"] for row in await rows_in_order(pg)] == ["before"]
+        # The logger recovers on a new connection and extends the same chain.
+        await asyncio.gather(*(audit.log_action("after", "doc") for _ in range(5)))
+        await audit.aclose()
+        result = await audit.verify()
+        assert (result.ok, result.checked) == (True, 6)
+
+    async def test_a_caller_cancelled_once_its_group_started_still_gets_written(
+        self, pg: DatabaseSession
+    ) -> None:
+        audit = SqlAuditLogger(pg)
+        holder = await asyncpg.connect(_dsn(pg))
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1)", _PG_CHAIN_LOCK)
+            tasks = [
+                asyncio.create_task(audit.log_action("write", "doc", user_id=f"c{n}"))
+                for n in range(6)
+            ]
+            await _blocked_on_the_chain_lock(holder)  # the group is in its transaction
+            tasks[2].cancel()
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock_all()")
+            await holder.close()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(outcomes[2], asyncio.CancelledError)
+        assert all(isinstance(o, AuditEntry) for n, o in enumerate(outcomes) if n != 2)
+        # Documented: the cancelled caller's entry went in with its group.
+        assert [row["user_id"] for row in await rows_in_order(pg)] == [f"c{n}" for n in range(6)]
+        await audit.aclose()
+        assert (await audit.verify()).ok
