@@ -112,7 +112,9 @@ def dsn(url: str) -> str:
     return url.replace("postgresql+asyncpg://", "postgresql://")
 
 
-async def raw_writers(url: str, writers: int, per_writer: int) -> Callable[[], Awaitable[None]]:
+async def raw_writers(
+    url: str, writers: int, per_writer: int, latencies: list[float] | None = None
+) -> Callable[[], Awaitable[None]]:
     """``writers`` tasks, each on its own asyncpg connection, one row per transaction.
 
     Connects and builds the rows now; the returned function does the timed part.
@@ -121,13 +123,16 @@ async def raw_writers(url: str, writers: int, per_writer: int) -> Callable[[], A
     rows = [
         [_as_record(_row(e)) for e in entries(per_writer, w * per_writer)] for w in range(writers)
     ]
-    for conn in conns:  # warm: the statement prepared on every connection
+    for conn in conns:  # warm: every connection has answered once
         await conn.execute("SELECT 1")
 
     async def one(conn: asyncpg.Connection, batch: list[tuple[Any, ...]]) -> None:
         for record in batch:
+            start = time.perf_counter()
             async with conn.transaction():
                 await conn.execute(RAW_INSERT, *record)
+            if latencies is not None:
+                latencies.append((time.perf_counter() - start) * 1000)
 
     async def run() -> None:
         try:
@@ -258,16 +263,32 @@ async def bench_concurrency(db: DatabaseSession, rounds: int = 3) -> bool:
         "chained 4x16 writers vs raw 4x16 single-row", med["kit 4x16"] / med["raw 4x16"], 0.5
     )
 
-    await truncate(db)
-    latencies: list[float] = []
-    await kit_writers(logger, 50, 40, latencies)
-    latencies.sort()
-    p50 = statistics.median(latencies)
-    p99 = latencies[int(len(latencies) * 0.99) - 1]
+    # Latency under 50 concurrent writers, both sides timed per call, alternated.
+    p99s: dict[str, list[float]] = {"raw": [], "kit": []}
+    p50s: dict[str, list[float]] = {"raw": [], "kit": []}
+    for _ in range(rounds):
+        for side in ("raw", "kit"):
+            await truncate(db)
+            latencies: list[float] = []
+            if side == "raw":
+                run = await raw_writers(url, 50, 40, latencies)
+                await run()
+            else:
+                await kit_writers(logger, 50, 40, latencies)
+            latencies.sort()
+            p50s[side].append(statistics.median(latencies))
+            p99s[side].append(latencies[int(len(latencies) * 0.99) - 1])
+    for side, name in (("raw", "raw single-row insert"), ("kit", "log_action (chained)")):
+        print(
+            f"{name:22s} latency, 50 concurrent writers x 40 calls: "
+            f"p50 {statistics.median(p50s[side]):6.2f} ms, "
+            f"p99 {statistics.median(p99s[side]):6.2f} ms"
+            f"  (p99 per round: {', '.join(f'{v:.1f}' for v in p99s[side])})"
+        )
+    p99 = statistics.median(p99s["kit"])
     print(
-        f"log_action latency, 50 concurrent writers, {len(latencies)} calls: "
-        f"p50 {p50:.2f} ms, p99 {p99:.2f} ms (issue's target p99 <= 20 ms: "
-        f"{'met' if p99 <= 20 else 'NOT met'}; reported, not judged)"
+        f"log_action p99 with 50 writers: {p99:.2f} ms (issue's absolute target <= 20 ms: "
+        f"{'met' if p99 <= 20 else 'NOT met'} on this run; reported, not judged)"
     )
     assert (await logger.verify()).ok
     await logger.aclose()

@@ -166,6 +166,9 @@ def _settle(
         return
     if error is not None:
         waiter.future.set_exception(error)
+        # Marked as seen: the caller raises it when it resumes, but one
+        # cancelled in between must not leave a "never retrieved" report.
+        waiter.future.exception()
     else:
         assert result is not None
         waiter.future.set_result(result)
@@ -176,6 +179,14 @@ async def _discard(conn: AsyncConnection) -> None:
     # Already failing: a failure to close is not news, and the pool forgets it either way.
     with contextlib.suppress(Exception):
         await conn.invalidate()
+
+
+async def _release(conn: AsyncConnection) -> None:
+    """Hand a healthy connection back to the pool (or drop it if even that fails)."""
+    try:
+        await conn.close()
+    except Exception:  # noqa: BLE001 - nobody waits on this connection: just drop it
+        await _discard(conn)
 
 
 class _Waiter:
@@ -240,9 +251,9 @@ class SqlAuditLogger(AuditLogger):
                 writer = self._writer
             if writer is None or writer.get_loop() is not asyncio.get_running_loop():
                 return
-            # The writer ends by itself once the queue is empty; shield it so
-            # that cancelling aclose() does not cancel the other callers' group.
-            await asyncio.shield(writer)
+            # The writer ends by itself once the queue is empty. wait() neither
+            # cancels it when aclose() is cancelled nor raises what ended it.
+            await asyncio.wait([writer])
 
     async def _check_table(self) -> None:
         try:
@@ -353,7 +364,7 @@ class SqlAuditLogger(AuditLogger):
                         idle = True
                         await asyncio.sleep(0)
                         continue
-                    await held.close()  # then look at the queue once more
+                    await _release(held)  # then look at the queue once more
                     held = None
                     continue
                 idle = False
