@@ -181,6 +181,13 @@ async def _discard(conn: AsyncConnection) -> None:
         await conn.invalidate()
 
 
+async def _is_closed(conn: AsyncConnection) -> bool:
+    """Whether asyncpg already knows its connection is gone (no round trip)."""
+    raw = await conn.get_raw_connection()
+    driver = raw.driver_connection
+    return driver is None or bool(driver.is_closed())
+
+
 async def _release(conn: AsyncConnection) -> None:
     """Hand a healthy connection back to the pool (or drop it if even that fails)."""
     try:
@@ -395,6 +402,11 @@ class SqlAuditLogger(AuditLogger):
         batch = group[0].entries if len(group) == 1 else [e for w in group for e in w.entries]
         try:
             if self._db.engine.url.drivername == _ASYNCPG:
+                if held is not None and await _is_closed(held):
+                    # Lost while idle (a database restart): nothing of this
+                    # group was sent, so take a checked connection instead.
+                    await _discard(held)
+                    held = None
                 if held is None:
                     held = await self._db.engine.connect()
                 stored = await self._transaction(held, batch)
