@@ -112,6 +112,15 @@ _ENTRY_COLUMNS = [c for c in audit_log.columns if c.name != "seq"]
 _COLUMN_NAMES = tuple(c.name for c in _ENTRY_COLUMNS)
 _as_record = operator.itemgetter(*_COLUMN_NAMES)
 _COPY_THRESHOLD = 64
+#: Column widths an entry must fit (PostgreSQL refuses longer values; checked
+#: before an entry joins a group, so one caller's value cannot fail the others).
+_WIDTHS = tuple(
+    (c.name, c.type.length)
+    for c in _ENTRY_COLUMNS
+    if isinstance(c.type, sa.String)
+    and c.type.length is not None
+    and c.name not in ("prev_hash", "hash")  # the logger's own to set
+)
 
 # The asyncpg write path (see SqlAuditLogger._asyncpg_transaction).
 _ASYNCPG = "postgresql+asyncpg"
@@ -172,6 +181,17 @@ def _settle(
     else:
         assert result is not None
         waiter.future.set_result(result)
+
+
+def _check_widths(entry: AuditEntry) -> None:
+    """A ValueError naming the field when a value is wider than its column."""
+    for name, width in _WIDTHS:
+        value = getattr(entry, name)
+        if value is not None and len(value) > width:
+            raise ValueError(
+                f"AuditEntry.{name} is {len(value)} characters; the audit table holds at "
+                f"most {width} (shorten it, or put the full value in details)"
+            )
 
 
 async def _discard(conn: AsyncConnection) -> None:
@@ -293,6 +313,7 @@ class SqlAuditLogger(AuditLogger):
     async def log(self, entry: AuditEntry) -> AuditEntry:
         if not isinstance(entry, AuditEntry):
             raise ValueError(f"log() takes an AuditEntry, got {type(entry).__name__}")
+        _check_widths(entry)
         return (await self._submit([entry]))[0]
 
     async def log_many(self, entries: Iterable[AuditEntry]) -> list[AuditEntry]:
@@ -300,6 +321,7 @@ class SqlAuditLogger(AuditLogger):
         for entry in batch:
             if not isinstance(entry, AuditEntry):
                 raise ValueError(f"expected AuditEntry items, got {type(entry).__name__}")
+            _check_widths(entry)
         if not batch:
             return []
         return await self._submit(batch)

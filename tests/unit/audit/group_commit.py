@@ -109,6 +109,23 @@ class GroupCommitChecks:
         assert (result.ok, result.checked) == (True, 25)
         await audit.aclose()
 
+    async def test_a_value_too_wide_fails_its_caller_alone(self, database: DatabaseSession) -> None:
+        audit = SqlAuditLogger(database)
+        outcomes = await asyncio.gather(
+            *(audit.log_action("write", "doc", user_id=f"c{n}") for n in range(3)),
+            audit.log_action("x" * 129, "doc", user_id="wide"),
+            *(audit.log_action("write", "doc", user_id=f"c{n}") for n in range(3, 6)),
+            return_exceptions=True,
+        )
+        error = outcomes[3]
+        assert isinstance(error, ValueError)
+        assert "AuditEntry.action is 129 characters" in str(error)
+        assert "at most 128" in str(error)
+        assert all(isinstance(o, AuditEntry) for n, o in enumerate(outcomes) if n != 3)
+        rows = await rows_in_order(database)
+        assert [row["user_id"] for row in rows] == [f"c{n}" for n in range(6)]
+        await audit.aclose()
+
     async def test_a_caller_cancelled_while_queued_is_not_written(
         self, database: DatabaseSession
     ) -> None:
