@@ -46,4 +46,11 @@ def verdict(name: str, ratio: float, limit: float) -> bool:
     return ok
 
 
+def verdict_at_least(name: str, ratio: float, floor: float) -> bool:
+    """``verdict`` for a throughput ratio, where higher is better."""
+    ok = ratio >= floor
+    print(f"{name}: ratio {ratio:.2f}x (target >= {floor}x) -> {'PASS' if ok else 'FAIL'}")
+    return ok
+
+
 PY = sys.executable

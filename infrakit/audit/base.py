@@ -204,6 +204,7 @@ _FIELD_NAMES = tuple(f.name for f in fields(AuditEntry))
 _SLOTS = tuple(AuditEntry.__dict__[name] for name in _FIELD_NAMES if name not in _HASHES)
 _SLOT_PREV = AuditEntry.__dict__["prev_hash"]
 _SLOT_HASH = AuditEntry.__dict__["hash"]
+_LOG_ACTION_FIELDS = frozenset(_FIELD_NAMES) - {"id", "timestamp", "prev_hash", "hash"}
 
 
 # Encoders built once: json.dumps() with options builds a new encoder per call.
@@ -343,8 +344,8 @@ class AuditLogger(Component):
         ``request_id`` and ``trace_id`` come from the current context unless
         given; other keyword arguments are :class:`AuditEntry` fields.
         """
-        allowed = {f.name for f in fields(AuditEntry)} - {"id", "timestamp", "prev_hash", "hash"}
-        unknown = set(fields_) - allowed
+        allowed = _LOG_ACTION_FIELDS
+        unknown = fields_.keys() - allowed
         if unknown:
             raise ValueError(
                 f"log_action: unexpected field(s) {', '.join(sorted(unknown))}; "

@@ -151,6 +151,70 @@ class AuditLoggerContract:
         assert await logger.count() == 2
         assert (await logger.verify()).ok
 
+    async def test_concurrent_callers_get_their_own_entries(self, logger: AuditLogger) -> None:
+        """Each concurrent call returns its own entries as stored; a batch stays in one piece."""
+
+        async def single(n: int) -> list[AuditEntry]:
+            return [await logger.log_action("one", "doc", resource_id=str(n))]
+
+        async def batch(n: int) -> list[AuditEntry]:
+            return await logger.log_many([entry(1000 + n * 10 + i) for i in range(5)])
+
+        results = await asyncio.gather(*(batch(n) if n % 4 == 0 else single(n) for n in range(40)))
+        stored = [e for result in results for e in result]
+        back = {e.id: e for e in await logger.query(AuditFilter(limit=1000))}
+        assert len(back) == len(stored) == 30 + 10 * 5
+        assert all(back[e.id] == e for e in stored)
+        if stored[0].hash is not None:  # chained: one chain, each batch a run of it
+            for result in results:
+                assert all(b.prev_hash == a.hash for a, b in itertools.pairwise(result))
+            after = {e.prev_hash: e for e in stored}
+            first = [e for e in stored if e.prev_hash not in {s.hash for s in stored}]
+            assert len(first) == 1
+            walked, at = 0, first[0]
+            while True:
+                walked += 1
+                following = after.get(at.hash)
+                if following is None:
+                    break
+                at = following
+            assert walked == len(stored)
+        assert (await logger.verify()).ok
+
+    async def test_retries_beside_new_writes(self, logger: AuditLogger) -> None:
+        """Retries of stored entries at the same moment as new writes (one group, where
+        writes are grouped): a retry is answered with the stored entry, an entry logged
+        twice at once is stored once, and no new write fails because of a retry."""
+        first = await logger.log(entry(1))
+        outcomes = await asyncio.gather(
+            logger.log(entry(1)),  # a retry of a stored entry
+            logger.log_action("fresh", "doc", resource_id="a"),
+            logger.log_many([entry(2), entry(1)]),  # part new, part stored
+            logger.log(entry(3)),
+            logger.log(entry(3)),  # the same new entry twice at once
+            logger.log(entry(1, result="failure")),  # a stored id, other content
+            logger.log_action("fresh", "doc", resource_id="b"),
+            return_exceptions=True,
+        )
+        assert outcomes[0] == first
+        two = outcomes[2]
+        assert isinstance(two, list)
+        assert two[1] == first
+        assert two[0].id == entry(2).id
+        assert isinstance(outcomes[3], AuditEntry)
+        assert outcomes[4] == outcomes[3]
+        assert isinstance(outcomes[5], AuditError)
+        assert "already stored with other content" in str(outcomes[5])
+        for n in (1, 6):
+            fresh = outcomes[n]
+            assert isinstance(fresh, AuditEntry), fresh
+            assert fresh.action == "fresh"
+        back = {e.id: e for e in await logger.query(AuditFilter(limit=100))}
+        assert len(back) == 5  # 1, 2, 3 and the two fresh ones
+        assert back[entry(2).id] == two[0]
+        assert back[entry(3).id] == outcomes[3]
+        assert (await logger.verify()).ok
+
     async def test_append_only_interface(self, logger: AuditLogger) -> None:
         for name in ("update", "delete", "remove", "clear", "truncate"):
             assert not hasattr(logger, name)

@@ -8,11 +8,11 @@ test can restart "the database" without touching the shared server on 5432.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import tempfile
 import time
@@ -36,6 +36,41 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def _session_opens(port: int) -> bool:
+    """Whether a session as ``postgres`` opens (trust auth): the startup message
+    is answered up to ReadyForQuery, not with an error such as "starting up"."""
+    params = b"user\0postgres\0database\0postgres\0\0"
+    startup = struct.pack("!ii", 8 + len(params), 196608) + params
+    try:
+        with socket.create_connection(("127.0.0.1", port), 2) as sock:
+            sock.settimeout(5)
+            sock.sendall(startup)
+            while True:
+                header = _read_exactly(sock, 5)
+                if header is None:
+                    return False
+                kind, length = header[:1], struct.unpack("!i", header[1:])[0]
+                if _read_exactly(sock, length - 4) is None:
+                    return False
+                if kind == b"E":
+                    return False  # e.g. 57P03, the database system is starting up
+                if kind == b"Z":
+                    sock.sendall(b"X\0\0\0\4")  # Terminate: a clean goodbye
+                    return True
+    except OSError:
+        return False
+
+
+def _read_exactly(sock: socket.socket, count: int) -> bytes | None:
+    data = b""
+    while len(data) < count:
+        chunk = sock.recv(count - len(data))
+        if not chunk:
+            return None
+        data += chunk
+    return data
 
 
 class PgCluster:
@@ -74,14 +109,13 @@ class PgCluster:
             if self.process.poll() is not None:
                 log = (self.root / "log").read_text(errors="replace")[-2000:]
                 raise RuntimeError(f"the test PostgreSQL exited at start:\n{log}")
-            with (
-                contextlib.suppress(OSError),
-                socket.create_connection(("127.0.0.1", self.port), 0.2),
-            ):
+            # Accepting TCP is not enough: while it starts up, PostgreSQL
+            # answers "the database system is starting up" to every session.
+            if _session_opens(self.port):
                 return self
             time.sleep(0.05)
         self.stop()
-        raise RuntimeError("the test PostgreSQL did not accept connections within 120 s")
+        raise RuntimeError("the test PostgreSQL did not accept sessions within 120 s")
 
     def stop(self) -> None:
         """A fast shutdown (SIGINT), waited for."""

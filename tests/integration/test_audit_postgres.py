@@ -3,21 +3,23 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import multiprocessing
-import threading
 from collections.abc import AsyncIterator
 
+import asyncpg
 import pytest
 import sqlalchemy as sa
-from sqlalchemy import event
 
-from infrakit.audit import AuditFilter, SqlAuditLogger
-from infrakit.audit.sql import AUDIT_TABLE, metadata
+from infrakit.audit import AuditEntry, AuditFilter, SqlAuditLogger
+from infrakit.audit.sql import _PG_CHAIN_LOCK, AUDIT_TABLE, metadata
 from infrakit.database import DatabaseSession, upgrade
 from infrakit.database.migrate import VERSION_TABLE
 from infrakit.errors import AuditError, AuditOutcomeUnknownError, DatabaseError
 from infrakit.testing.contracts import AuditLoggerContract, MakeLogger, entry
+from tests.integration.pgproxy import Moment, PgProxy, is_commit, parses
+from tests.unit.audit.group_commit import POISON, Counter, GroupCommitChecks, rows_in_order
 from tests.unit.audit.scenarios import TamperScenarios, keyring
 
 pytestmark = pytest.mark.integration
@@ -211,81 +213,226 @@ class TestTamperingOnPostgres(TamperScenarios):
         return pg
 
 
-def _terminate(admin_url: str, pid: int) -> None:
-    """pg_terminate_backend(pid) from a connection and an event loop of its own."""
+@pytest.fixture
+async def proxy(pg: DatabaseSession) -> AsyncIterator[PgProxy]:
+    """A cut-on-cue proxy in front of the test database (tests/integration/pgproxy.py)."""
+    url = pg.engine.url
+    proxy = await PgProxy(url.host or "127.0.0.1", url.port or 5432).start()
+    try:
+        yield proxy
+    finally:
+        await proxy.aclose()
 
-    async def run() -> None:
-        db = DatabaseSession(admin_url)
-        try:
-            async with db.engine.connect() as conn:
-                await conn.execute(sa.text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
-        finally:
-            await db.aclose()
 
-    asyncio.run(run())
+@pytest.fixture
+async def through_proxy(pg: DatabaseSession, proxy: PgProxy) -> AsyncIterator[DatabaseSession]:
+    """The test database, every connection going through ``proxy``."""
+    url = pg.engine.url.set(host="127.0.0.1", port=proxy.port)
+    db = DatabaseSession(url.render_as_string(hide_password=False), pool_size=4)
+    try:
+        yield db
+    finally:
+        await db.aclose()
 
 
 class TestOutcomeUnknown:
-    """A connection lost during COMMIT: "outcome unknown", and the retry stores the entry once."""
+    """A connection lost during COMMIT: "outcome unknown" for every caller of the group,
+    and the retry stores each entry exactly once, whether the COMMIT reached the server
+    or not. The cut is made by a proxy between the writer and PostgreSQL, on the COMMIT
+    message itself (the writer's asyncpg path fires no SQLAlchemy event)."""
 
-    async def test_writer_killed_at_commit(self, pg: DatabaseSession) -> None:
-        audit = SqlAuditLogger(pg, keys=keyring())
+    @pytest.mark.parametrize("moment", ["unsent", "answer_lost"])
+    async def test_writer_cut_at_commit(
+        self,
+        pg: DatabaseSession,
+        through_proxy: DatabaseSession,
+        proxy: PgProxy,
+        moment: Moment,
+    ) -> None:
+        audit = SqlAuditLogger(through_proxy, keys=keyring())
         await audit.log(entry(0))
-        admin_url = pg.engine.url.render_as_string(hide_password=False)
-        killed: list[int] = []
-
-        def kill_before_commit(conn: sa.Connection) -> None:
-            # the transaction has inserted the row; end its backend as COMMIT is sent
-            if killed:
-                return
-            driver = conn.connection.driver_connection
-            assert driver is not None
-            pid = driver.get_server_pid()
-            killed.append(pid)
-            worker = threading.Thread(target=_terminate, args=(admin_url, pid))
-            worker.start()
-            worker.join(60)
-
-        event.listen(pg.engine.sync_engine, "commit", kill_before_commit)
-        try:
-            with pytest.raises(AuditOutcomeUnknownError, match="outcome unknown") as caught:
-                await audit.log(entry(1))
-        finally:
-            event.remove(pg.engine.sync_engine, "commit", kill_before_commit)
-        assert killed
+        proxy.arm(is_commit, moment)
+        with pytest.raises(AuditOutcomeUnknownError, match="outcome unknown") as caught:
+            await audit.log(entry(1))
+        assert proxy.cut.is_set()
         assert caught.value.outcome_unknown
         assert isinstance(caught.value, AuditError)
         assert "failed" not in str(caught.value)
+        # "unsent": the server never committed; "answer_lost": it did, only the
+        # acknowledgement was lost. The caller cannot tell; the table can.
+        reader = SqlAuditLogger(pg, keys=keyring())
+        assert await reader.count() == (2 if moment == "answer_lost" else 1)
         stored = await audit.log(entry(1))  # the retry
         assert await audit.log(entry(1)) == stored  # and a second one
-        assert await audit.count() == 2
-        result = await audit.verify()
+        assert await reader.count() == 2
+        assert [e.id for e in await reader.query()] == [entry(1).id, entry(0).id]
+        await audit.aclose()
+        result = await reader.verify()
         assert (result.ok, result.checked, result.keyed) == (True, 2, 2)
 
-    async def test_a_lost_connection_before_commit_is_a_plain_failure(
-        self, pg: DatabaseSession
+    @pytest.mark.parametrize("moment", ["unsent", "answer_lost"])
+    async def test_every_caller_of_the_group_learns_outcome_unknown(
+        self,
+        pg: DatabaseSession,
+        through_proxy: DatabaseSession,
+        proxy: PgProxy,
+        moment: Moment,
     ) -> None:
-        audit = SqlAuditLogger(pg)
-        admin_url = pg.engine.url.render_as_string(hide_password=False)
+        audit = SqlAuditLogger(through_proxy, keys=keyring())
+        await audit.log(entry(0))
+        proxy.arm(is_commit, moment)
+        outcomes = await asyncio.gather(
+            *(audit.log(entry(n)) for n in range(1, 6)), return_exceptions=True
+        )
+        assert proxy.cut.is_set()
+        for outcome in outcomes:  # one group: the same fate, told to each caller
+            assert isinstance(outcome, AuditOutcomeUnknownError), outcome
+            assert "writing 1 audit entry" in str(outcome)
+            assert "one group with 4 other entries; the whole group is stored or none" in str(
+                outcome
+            )
+        rows = await rows_in_order(pg)
+        assert len(rows) == (6 if moment == "answer_lost" else 1)
+        # Every caller retries at once (one group again): each entry stored once.
+        retried = await asyncio.gather(*(audit.log(entry(n)) for n in range(1, 6)))
+        assert [e.id for e in retried] == [entry(n).id for n in range(1, 6)]
+        rows = await rows_in_order(pg)
+        assert [row["id"] for row in rows] == [entry(n).id for n in range(6)]
+        assert [(e.prev_hash, e.hash) for e in retried] == [
+            (row["prev_hash"], row["hash"]) for row in rows[1:]
+        ]
+        await audit.aclose()
+        result = await SqlAuditLogger(pg, keys=keyring()).verify()
+        assert (result.ok, result.checked, result.keyed) == (True, 6, 6)
 
-        def kill_at_insert(conn: sa.Connection, *args: object) -> None:
-            statement = str(args[1]) if len(args) > 1 else ""
-            if "INSERT INTO" in statement:
-                driver = conn.connection.driver_connection
-                assert driver is not None
-                worker = threading.Thread(
-                    target=_terminate, args=(admin_url, driver.get_server_pid())
-                )
-                worker.start()
-                worker.join(60)
-
-        event.listen(pg.engine.sync_engine, "before_cursor_execute", kill_at_insert)
-        try:
-            with pytest.raises(AuditError) as caught:
-                await audit.log(entry(0))
-        finally:
-            event.remove(pg.engine.sync_engine, "before_cursor_execute", kill_at_insert)
+    async def test_a_lost_connection_before_commit_is_a_plain_failure(
+        self, pg: DatabaseSession, through_proxy: DatabaseSession, proxy: PgProxy
+    ) -> None:
+        audit = SqlAuditLogger(through_proxy)
+        # cut as the INSERT is sent: nothing is committed, and the writer knows it
+        proxy.arm(parses(f"INSERT INTO {AUDIT_TABLE}".encode()), "unsent")
+        with pytest.raises(AuditError) as caught:
+            await audit.log(entry(0))
+        assert proxy.cut.is_set()
         assert not caught.value.outcome_unknown  # nothing was committed: known
+        assert "failed" in str(caught.value)
         assert await audit.count() == 0
         await audit.log(entry(0))
         assert await audit.count() == 1
+        await audit.aclose()
+
+
+class TestGroupCommitOnPostgres(GroupCommitChecks):
+    """Group commit on PostgreSQL: one advisory lock, head read, insert and commit per group."""
+
+    @pytest.fixture
+    def database(self, pg: DatabaseSession) -> DatabaseSession:
+        return pg
+
+    @contextlib.asynccontextmanager
+    async def transactions(self, db: DatabaseSession) -> AsyncIterator[Counter]:
+        # Each row's xmin is the transaction that inserted it.
+        async with db.engine.connect() as conn:
+            before = (await conn.execute(sa.text(f"SELECT max(seq) FROM {AUDIT_TABLE}"))).scalar()
+
+        async def count() -> int:
+            async with db.engine.connect() as conn:
+                statement = sa.text(
+                    f"SELECT count(DISTINCT xmin::text) FROM {AUDIT_TABLE} WHERE seq > :before"
+                )
+                return int((await conn.execute(statement, {"before": before or 0})).scalar_one())
+
+        yield count
+
+    @contextlib.asynccontextmanager
+    async def refusing(self, db: DatabaseSession) -> AsyncIterator[None]:
+        async with db.engine.begin() as conn:
+            await conn.execute(
+                sa.text(
+                    f"ALTER TABLE {AUDIT_TABLE} ADD CONSTRAINT refuse_poison "
+                    f"CHECK (action <> '{POISON}')"
+                )
+            )
+        try:
+            yield
+        finally:
+            async with db.engine.begin() as conn:
+                await conn.execute(
+                    sa.text(f"ALTER TABLE {AUDIT_TABLE} DROP CONSTRAINT refuse_poison")
+                )
+
+
+def _dsn(db: DatabaseSession) -> str:
+    url = db.engine.url.render_as_string(hide_password=False)
+    return url.replace("postgresql+asyncpg://", "postgresql://")
+
+
+async def _blocked_on_the_chain_lock(conn: asyncpg.Connection) -> int:
+    """The backend pid of the writer waiting for the chain's advisory lock."""
+    async with asyncio.timeout(60):  # hang protection only
+        while True:
+            pid = await conn.fetchval(
+                "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND NOT granted "
+                "AND database = (SELECT oid FROM pg_database WHERE datname = current_database())"
+            )
+            if pid is not None:
+                return int(pid)
+            await asyncio.sleep(0.01)
+
+
+class TestGroupCommitWhileTheLockIsHeld:
+    """A group in flight (held at the chain lock by another session): failure and cancellation."""
+
+    async def test_a_terminated_backend_fails_its_group_and_the_logger_recovers(
+        self, pg: DatabaseSession
+    ) -> None:
+        audit = SqlAuditLogger(pg)
+        await audit.log_action("before", "doc")
+        holder = await asyncpg.connect(_dsn(pg))
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1)", _PG_CHAIN_LOCK)
+            tasks = [
+                asyncio.create_task(audit.log_action("doomed", "doc", user_id=f"c{n}"))
+                for n in range(10)
+            ]
+            pid = await _blocked_on_the_chain_lock(holder)
+            assert await holder.fetchval("SELECT pg_terminate_backend($1)", pid)
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock_all()")
+            await holder.close()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        for outcome in outcomes:
+            assert isinstance(outcome, AuditError), outcome
+            assert "writing 1 audit entry" in str(outcome)
+            assert "one group with 9 other entries; none of the group was written" in str(outcome)
+            assert outcome.__cause__ is not None
+        assert [row["action"] for row in await rows_in_order(pg)] == ["before"]
+        # The logger recovers on a new connection and extends the same chain.
+        await asyncio.gather(*(audit.log_action("after", "doc") for _ in range(5)))
+        await audit.aclose()
+        result = await audit.verify()
+        assert (result.ok, result.checked) == (True, 6)
+
+    async def test_a_caller_cancelled_once_its_group_started_still_gets_written(
+        self, pg: DatabaseSession
+    ) -> None:
+        audit = SqlAuditLogger(pg)
+        holder = await asyncpg.connect(_dsn(pg))
+        try:
+            await holder.execute("SELECT pg_advisory_lock($1)", _PG_CHAIN_LOCK)
+            tasks = [
+                asyncio.create_task(audit.log_action("write", "doc", user_id=f"c{n}"))
+                for n in range(6)
+            ]
+            await _blocked_on_the_chain_lock(holder)  # the group is in its transaction
+            tasks[2].cancel()
+        finally:
+            await holder.execute("SELECT pg_advisory_unlock_all()")
+            await holder.close()
+        outcomes = await asyncio.gather(*tasks, return_exceptions=True)
+        assert isinstance(outcomes[2], asyncio.CancelledError)
+        assert all(isinstance(o, AuditEntry) for n, o in enumerate(outcomes) if n != 2)
+        # Documented: the cancelled caller's entry went in with its group.
+        assert [row["user_id"] for row in await rows_in_order(pg)] == [f"c{n}" for n in range(6)]
+        await audit.aclose()
+        assert (await audit.verify()).ok
