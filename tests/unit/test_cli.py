@@ -193,3 +193,32 @@ class TestCheck:
         assert by_name["database"]["status"] == "up"
         assert "s3cret" not in out + err
         assert "down: tokens" in err
+
+
+class TestCheckAndDescribeAgree:
+    """One probe serves both: the same states, and --timeout must be positive."""
+
+    @pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "soon"])
+    def test_timeout_must_be_a_positive_number(
+        self, value: str, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        for command in ("check", "describe"):
+            with pytest.raises(SystemExit) as exc:
+                main([command, "test", "--timeout", value])
+            assert exc.value.code == 2
+            assert "--timeout" in capsys.readouterr().err
+
+    def test_same_states(self, capsys: pytest.CaptureFixture[str]) -> None:
+        broken = ["--set", "tokens.backend=redis", "--set", "tokens.url=redis://:pw@127.0.0.1:9/0"]
+        states = {}
+        for command in ("check", "describe"):
+            code, out, _ = run([command, "test", "--timeout", "2", *broken], capsys)
+            assert code == 1
+            states[command] = [
+                line.split()[:3]
+                for line in out.splitlines()
+                if line.startswith("  ")
+                and line.split()[0] in ("telemetry", "database", "tokens", "audit")
+            ]
+        assert states["check"] == states["describe"]
+        assert ["tokens", "redis", "down"] in states["check"]
