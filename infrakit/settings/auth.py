@@ -288,9 +288,11 @@ class AuthSettings(Section):
             if algorithms[0] not in HMAC_ALGORITHMS:
                 return None  # "no secret" (a profile extended for public keys)
             raise ValueError(
-                f"value empty: {algorithms[0]} needs a secret; set the environment variable "
-                "this key is read from (shown before the key), e.g. "
-                "JWT_SECRET=$(openssl rand -hex 32)"
+                # worded so the kit's own scrubbing leaves the fix readable: no
+                # "NAME=value" or "secret: word" shapes after the key
+                f"value empty: {algorithms[0]} needs a secret; make one with "
+                "`openssl rand -hex 32` and put it in the environment variable this key is "
+                "read from (shown before the key, JWT_SECRET in production)"
             )
         if algorithms[0] not in HMAC_ALGORITHMS:
             raise ValueError(

@@ -296,7 +296,10 @@ def _request_attributes(
     client = scope.get("client")
     client_address = client[0] if client else None
     if trusted_proxy:
-        scheme = _first(headers.get("x-forwarded-proto")) or scheme
+        forwarded = (_first(headers.get("x-forwarded-proto")) or "").lower()
+        # only the two schemes: a client's own header passed through must not
+        # mint new metric label values
+        scheme = forwarded if forwarded in _DEFAULT_PORTS else scheme
         host = _first(headers.get("x-forwarded-host")) or host
         client_address = _first(headers.get("x-forwarded-for")) or client_address
     attributes: dict[str, Any] = {

@@ -9,6 +9,7 @@ so two ``Infra`` objects in one process (tests) each see their own spans.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import threading
@@ -293,7 +294,9 @@ class TelemetryProvider(Component):
         self.initialize()
 
     async def aclose(self) -> None:
-        self.shutdown()
+        # off the event loop: the last flush may wait up to shutdown_timeout_s
+        # for a collector that is down, and the loop has requests to finish
+        await asyncio.to_thread(self.shutdown)
 
 
 # --- the process-wide provider ---------------------------------------------------

@@ -460,7 +460,7 @@ class RedisTokenStore(TokenStore):
         """The redis-py client (created on first use, never connected by the constructor)."""
         if self._client is None:
             self._client = self._connect()
-            self._pool_gate = asyncio.Semaphore(self.pool_size)
+            self._pool_gate = asyncio.BoundedSemaphore(self.pool_size)
             self._cluster_pending = self.cluster
             self._cluster_lock = asyncio.Lock()
             self._scripts = {
@@ -518,14 +518,16 @@ class RedisTokenStore(TokenStore):
             )
         return _UnreachableError(message) if _is_outage(error) else TokenStoreError(message)
 
-    async def _turn(self, what: str) -> None:
+    async def _turn(self, what: str) -> asyncio.Semaphore:
         """Wait for one of the ``pool_size`` places for a round trip, at most
-        ``pool_timeout_s``; past that, a :class:`_PoolExhaustedError` error."""
+        ``pool_timeout_s``; past that, a :class:`_PoolExhaustedError` error.
+        Returns the gate taken: the place goes back to it, even if ``aclose``
+        and a new client replaced the store's gate meanwhile."""
         gate = self._pool_gate
         assert gate is not None  # created with the client
         if not gate.locked():
             await gate.acquire()  # a free place: taken without yielding
-            return
+            return gate
         start = time.monotonic()
         try:
             async with asyncio.timeout(self.pool_timeout_s):
@@ -538,6 +540,7 @@ class RedisTokenStore(TokenStore):
                 f"{self.pool_timeout_s:g}), all {self.pool_size} busy; raise "
                 "tokens.pool_size (Redis is reachable: this is load, not an outage)"
             ) from None
+        return gate
 
     async def _call(
         self, what: str, operation: Callable[[], Awaitable[T]], *, gated: bool = True
@@ -549,9 +552,10 @@ class RedisTokenStore(TokenStore):
         from redis.exceptions import RedisClusterException, RedisError
 
         cancels = _cancel_requests()
+        gate = None
         if gated:
             self.client  # noqa: B018 - creates the client and its gate
-            await self._turn(what)
+            gate = await self._turn(what)
         try:
             if self._cluster_pending:
                 await self._initialise_cluster()
@@ -563,8 +567,8 @@ class RedisTokenStore(TokenStore):
             _honour_cancel(cancels)
             raise self._error(what, error) from error
         finally:
-            if gated:
-                self._gate_release()
+            if gate is not None:
+                gate.release()
         _honour_cancel(cancels)
         if self._degraded:
             self._back()
@@ -578,18 +582,13 @@ class RedisTokenStore(TokenStore):
                 await self.client.initialize()
                 self._cluster_pending = False
 
-    def _gate_release(self) -> None:
-        gate = self._pool_gate
-        if gate is not None:
-            gate.release()
-
     async def _gated(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
         """One round trip of an ungated :meth:`_call`, with its turn at the pool."""
-        await self._turn(what)
+        gate = await self._turn(what)
         try:
             return await operation()
         finally:
-            self._gate_release()
+            gate.release()
 
     def _back(self) -> None:
         self._degraded = False

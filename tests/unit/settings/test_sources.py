@@ -544,3 +544,21 @@ class TestCommandLine:
         assert f"from file {secrets / 'DATABASE_URL'}" in lines["database.url"]
         assert '"redis://cache:6379/0"' in lines["tokens.url"]
         assert '"***"' in lines["telemetry.endpoint"]
+
+
+def test_the_missing_jwt_secret_hint_survives_scrubbing(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The CLI scrubs error text; the fix it prints for an empty JWT secret stays readable
+    (it printed 'JWT_SECRET=[REDACTED] rand -hex 32)')."""
+    for name, value in {
+        "DATABASE_URL": "postgresql+asyncpg://db/app",
+        "REDIS_URL": "redis://cache:6379/0",
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://otel:4318",
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("JWT_SECRET", raising=False)
+    code, _, err = run(["config", "validate", "production"], capsys)
+    assert code == 1
+    assert "make one with `openssl rand -hex 32`" in err
+    assert "JWT_SECRET in production" in err

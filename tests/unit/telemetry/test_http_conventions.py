@@ -242,6 +242,17 @@ class TestOptIns:
         assert attributes["url.scheme"] == "https"
         assert attributes["client.address"] == "6.6.6.6"
 
+    async def test_a_forwarded_scheme_is_http_or_https_only(
+        self, provider: TelemetryProvider
+    ) -> None:
+        """A client's own X-Forwarded-Proto passed through must not mint metric labels."""
+        case = Case("s", "GET", "/items/1", {**HOST, "x-forwarded-proto": "gopher"})
+        app = TracingMiddleware(inner_app(), provider, trusted_proxy=True)
+        await serve(app, case)
+        assert span_attributes(provider.finished_spans()[0])["url.scheme"] == "http"
+        (point,) = [attrs for attrs, _ in provider.metrics()["http.server.request.duration"]]
+        assert point["url.scheme"] == "http"
+
     async def test_captured_headers_are_lower_case_string_arrays(
         self, provider: TelemetryProvider
     ) -> None:
