@@ -324,3 +324,24 @@ class TestTap:
         assert "Logging error" not in err.getvalue()
         lines = [json.loads(line) for line in stream.getvalue().splitlines()]
         assert {line["event"].split()[0] for line in lines} == {"structlog", "stdlib"}
+
+
+def test_the_json_renderer_writes_what_json_would() -> None:
+    """The pipeline's renderer reuses one C encoder; its line is json's to the byte
+    (non-ASCII escaped, NaN, non-str keys as json writes them, unknown objects via default)."""
+    import datetime
+    import json
+    import math
+    import uuid
+
+    from infrakit.logging.config import _json_default, _JsonRenderer
+    from infrakit.scrub import Scrubber
+
+    default = _json_default(Scrubber((), (), "[REDACTED]").text)
+    event: dict[Any, Any] = {
+        "a": 1, "b": [1, 2.5, None, True], "c": {"d": "é\n\"x"}, "nan": math.nan,
+        "inf": -math.inf, 1: "int key", None: "none key", (1, 2): "skipped",
+        "t": datetime.datetime(2024, 1, 1), "u": uuid.UUID(int=5), "big": 10**30,
+    }  # fmt: skip
+    expected = json.JSONEncoder(default=default, skipkeys=True).encode(event)
+    assert _JsonRenderer(default)(None, "info", event) == expected
