@@ -6,14 +6,12 @@ import asyncio
 import contextlib
 import threading
 from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
 import sqlalchemy as sa
 
 from infrakit.audit import SqlAuditLogger
 from infrakit.audit.sql import AUDIT_TABLE
-from infrakit.database import DatabaseSession, upgrade
+from infrakit.database import DatabaseSession
 from tests.unit.audit.group_commit import (
     POISON,
     Counter,
@@ -22,14 +20,6 @@ from tests.unit.audit.group_commit import (
     rows_in_order,
     writer_tasks,
 )
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[DatabaseSession]:
-    db = DatabaseSession(f"sqlite+aiosqlite:///{tmp_path}/audit.db")
-    await upgrade(db)
-    yield db
-    await db.aclose()
 
 
 class TestGroupCommitOnSqlite(GroupCommitChecks):

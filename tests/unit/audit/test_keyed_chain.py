@@ -6,7 +6,7 @@ import asyncio
 import dataclasses
 import io
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +15,7 @@ import pytest
 from infrakit.audit import InMemoryAuditLogger, SqlAuditLogger, chain_hash, load_checkpoints
 from infrakit.audit.chain import CHECKPOINT_EVENT, ChainKey, Checkpoint, CheckpointPolicy
 from infrakit.cli import main as cli_main
-from infrakit.database import DatabaseSession, upgrade
+from infrakit.database import DatabaseSession
 from infrakit.errors import AuditError, AuditOutcomeUnknownError
 from infrakit.logging import configure_logging
 from infrakit.testing.contracts import entry
@@ -28,14 +28,6 @@ from tests.unit.audit.scenarios import (
     truncate,
     write,
 )
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[DatabaseSession]:
-    db = DatabaseSession(f"sqlite+aiosqlite:///{tmp_path}/audit.db")
-    await upgrade(db)
-    yield db
-    await db.aclose()
 
 
 class TestTamperingOnSqlite(TamperScenarios):

@@ -6,7 +6,6 @@ The same checks run on PostgreSQL in tests/integration/test_audit_postgres.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from datetime import UTC
 from pathlib import Path
 
@@ -16,16 +15,8 @@ import sqlalchemy as sa
 from infrakit.audit import AuditFilter, SqlAuditLogger
 from infrakit.audit.sql import AUDIT_TABLE
 from infrakit.cli import main as cli_main
-from infrakit.database import DatabaseSession, upgrade
+from infrakit.database import DatabaseSession
 from infrakit.errors import AuditError
-
-
-@pytest.fixture
-async def database(tmp_path: Path) -> AsyncIterator[DatabaseSession]:
-    db = DatabaseSession(f"sqlite+aiosqlite:///{tmp_path}/audit.db")
-    await upgrade(db)
-    yield db
-    await db.aclose()
 
 
 @pytest.fixture
