@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, overload
 
@@ -127,7 +127,10 @@ def install(
     if isinstance(native, dict) and "tracing" in native:
         # Recent FastAPI traces natively through OTel's global provider, which
         # infrakit installs: its server spans and metrics would duplicate ours.
-        native.update(tracing=False, metrics=False)
+        # Its OTel log records too are off: the kit's logging pipeline owns the
+        # logs (and FastAPI looks the logger provider up, environment included,
+        # on every request to find out whether it has one).
+        native.update(tracing=False, metrics=False, logs=False)
     telemetry = settings.telemetry
     app.add_middleware(
         TracingMiddleware,
@@ -155,6 +158,18 @@ def health_routes(app: Any, *, prefix: str = "/health", timeout_s: float = 2.0) 
     serving ``(await infra.health()).to_dict()``).
     """
     from starlette.responses import JSONResponse
+    from starlette.routing import Match, Route
+
+    class Probe(Route):
+        """A probe's route. It sits before the app's routes, so every request
+        is matched against it: a request for another path is turned away with
+        one substring test (the path it would match is part of the request's
+        path) instead of Starlette's route-path computation and regex."""
+
+        def matches(self, scope: Any) -> tuple[Match, MutableMapping[str, Any]]:
+            if self.path not in scope.get("path", ""):
+                return Match.NONE, {}
+            return super().matches(scope)
 
     async def live(request: Request) -> JSONResponse:
         return JSONResponse({"status": "up"})
@@ -167,8 +182,8 @@ def health_routes(app: Any, *, prefix: str = "/health", timeout_s: float = 2.0) 
         return JSONResponse({"status": report.status}, status_code=200 if report.ok else 503)
 
     base = prefix.rstrip("/")
-    app.router.add_route(f"{base}/live", live, methods=["GET"], include_in_schema=False)
-    app.router.add_route(f"{base}/ready", ready, methods=["GET"], include_in_schema=False)
+    for path, endpoint in ((f"{base}/live", live), (f"{base}/ready", ready)):
+        app.router.routes.append(Probe(path, endpoint, methods=["GET"], include_in_schema=False))
 
 
 # --- dependencies ------------------------------------------------------------------
@@ -180,7 +195,10 @@ def health_routes(app: Any, *, prefix: str = "/health", timeout_s: float = 2.0) 
 
 
 def _infra(request: Request) -> Infra:
-    infra = getattr(request.app.state, "infra", None)
+    try:
+        infra = request.app.state.infra
+    except AttributeError:
+        infra = None
     if infra is None:
         raise RuntimeError(
             "no Infra on this app: create it with FastAPI(lifespan=lifespan(...)) or install(app)"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import random
 import re
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
@@ -33,6 +34,7 @@ DEFAULT_KNOWN_METHODS = frozenset(
 KNOWN_METHODS_ENV = "OTEL_INSTRUMENTATION_HTTP_KNOWN_METHODS"
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:\-]{1,128}$")
+_random_bits = random.getrandbits
 # Seconds; the HTTP semantic conventions' advice for http.server.request.duration.
 _DURATION_BUCKETS = (
     0.005,
@@ -183,20 +185,24 @@ class TracingMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        raw_headers = scope.get("headers") or ()
-        headers = _Headers(raw_headers)
-        incoming = headers.get("x-request-id")
-        request_id = incoming if incoming and _REQUEST_ID.match(incoming) else os.urandom(16).hex()
-        token = _request_id.set(request_id)
-        try:
-            path = scope.get("path", "")
-            provider = None if self._excluded(path) else self._provider()
-            if provider is None:
-                await self.app(scope, receive, _with_request_id(send, request_id))
-            else:
+        provider = self._provider()
+        if provider is not None and not self._excluded(scope.get("path", "")):
+            headers = _Headers(scope.get("headers") or ())
+            request_id = _request_id_for(headers.get("x-request-id"))
+            token = _request_id.set(request_id)
+            try:
                 await self._traced(
                     provider, scope, receive, send, headers=headers, request_id=request_id
                 )
+            finally:
+                _request_id.reset(token)
+            return
+        # No span: only the request id, without building the header map (this
+        # path runs on every request of an app whose telemetry is off).
+        request_id = _request_id_for(_raw_header(scope, b"x-request-id"))
+        token = _request_id.set(request_id)
+        try:
+            await self.app(scope, receive, _with_request_id(send, request_id))
         finally:
             _request_id.reset(token)
 
@@ -327,6 +333,25 @@ def _request_attributes(
     if user_agent:
         attributes["user_agent.original"] = user_agent
     return attributes
+
+
+def _raw_header(scope: Scope, name: bytes) -> str | None:
+    """The first value of header ``name`` (lower-case), read off the ASGI list."""
+    size = len(name)
+    for key, value in scope.get("headers") or ():
+        if len(key) == size and key.lower() == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _request_id_for(incoming: str | None) -> str:
+    """The caller's request id when it is well-formed, else a new one: 128
+    random bits as 32 hex digits. An identifier, not a secret: ``random``'s
+    generator (reseeded in a forked worker) makes one in a quarter of the
+    time of ``os.urandom``'s system call."""
+    if incoming and _REQUEST_ID.match(incoming):
+        return incoming
+    return _random_bits(128).to_bytes(16).hex()
 
 
 def _first(value: str | None) -> str | None:

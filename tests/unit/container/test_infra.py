@@ -279,6 +279,42 @@ class TestOverride:
         assert infra.tokens is mine
 
 
+class TestAccessors:
+    """``infra.tokens`` and friends keep the running instance (they are read
+    on every request) and still see every change of what is running."""
+
+    async def test_an_override_on_the_container_is_seen_after_a_read(self, backends: Any) -> None:
+        async with Infra(rec_settings()) as infra:
+            real = infra.tokens
+            assert infra.tokens is real
+            double = object()
+            with infra.container.tokens.override(providers.Object(double)):
+                assert infra.tokens is double
+                assert infra.get("tokens") is double
+            assert infra.tokens is real
+
+    async def test_a_restart_gives_the_new_instance(self, backends: Any) -> None:
+        infra = Infra(rec_settings())
+        async with infra:
+            first = infra.audit
+        with pytest.raises(InfrastructureError, match="audit is not started"):
+            _ = infra.audit
+        async with infra:
+            second = infra.audit
+            assert second is not first
+            assert second is backends["audit"]
+            assert infra.get("audit") is second
+
+    async def test_a_resource_shut_down_behind_the_kit_is_refused(self, backends: Any) -> None:
+        async with Infra(rec_settings()) as infra:
+            _ = infra.database
+            shutdown = infra._resources["database"].shutdown()
+            assert shutdown is not None
+            await shutdown
+            with pytest.raises(InfrastructureError, match="database is not started"):
+                _ = infra.database
+
+
 class TestRegistry:
     """Backends by name: the kit's, entry points, the application's."""
 

@@ -199,6 +199,63 @@ class TestPropagationAndRequestIds:
         assert len(response.headers["x-request-id"]) == 32
         assert response.json()["rid"] == response.headers["x-request-id"]
 
+    @pytest.mark.parametrize("traced", [True, False], ids=["telemetry-on", "telemetry-off"])
+    @pytest.mark.parametrize(
+        ("headers", "expected"),
+        [
+            ([(b"x-request-id", b"abc-123")], "abc-123"),
+            # ASGI asks for lower-case names but does not require them
+            ([(b"X-Request-ID", b"abc-123")], "abc-123"),
+            # the first of two wins, as for any single-valued header
+            ([(b"x-request-id", b"first"), (b"x-request-id", b"second")], "first"),
+            ([(b"x-request-idx", b"nope"), (b"x-request-i", b"nope")], None),
+            ([(b"x-request-id", b"has space")], None),
+        ],
+    )
+    async def test_request_id_read_off_the_raw_headers(
+        self,
+        request: pytest.FixtureRequest,
+        traced: bool,
+        headers: list[tuple[bytes, bytes]],
+        expected: str | None,
+    ) -> None:
+        """The same request id whether or not a span is made (without one
+        the middleware reads the ASGI header list directly)."""
+        if traced:
+            request.getfixturevalue("memory_telemetry")
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: Any) -> None:
+            sent.append(message)
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        scope = {
+            "type": "http",
+            "method": "GET",
+            "path": "/items/1",
+            "raw_path": b"/items/1",
+            "query_string": b"",
+            "root_path": "",
+            "headers": [(b"host", b"test"), *headers],
+        }
+        await make_app()(scope, receive, send)
+        start, body = sent[0], sent[-1]
+        rids = [v.decode() for k, v in start["headers"] if k == b"x-request-id"]
+        assert len(rids) == 1
+        assert httpx.Response(200, content=body["body"]).json()["rid"] == rids[0]
+        if expected is None:
+            assert len(rids[0]) == 32
+            assert int(rids[0], 16) >= 0  # 32 hex digits
+        else:
+            assert rids[0] == expected
+
+    async def test_generated_request_ids_differ(self) -> None:
+        async with client(make_app()) as c:
+            ids = {(await c.get("/items/1")).headers["x-request-id"] for _ in range(200)}
+        assert len(ids) == 200
+
 
 class TestExclusionAndMetrics:
     """Excluded paths: no span, no metric; metrics use templates and int codes."""
