@@ -3,8 +3,10 @@
 Targets:
 - ``RedisTokenStore.is_revoked`` sequential on loopback within 1.15x of a raw
   ``redis.asyncio`` ``HGET`` of the same key (needs Redis on 127.0.0.1:6379).
-- ``is_revoked_many`` of 1,000 jtis in one pipeline: speed-up over 1,000
-  sequential ``is_revoked`` calls, reported.
+- ``is_revoked_many`` of 1,000 jtis (one Lua script on a standalone server)
+  at least 20x faster than 1,000 sequential ``is_revoked`` calls, the two
+  alternated in one run, medians; a raw redis-py pipeline of the same
+  ``HGET``s (what the store sent before) is reported beside them.
 - ``InMemoryTokenStore.is_revoked`` within 3x of an ``async def`` doing a
   bare dict lookup.
 - ``InMemoryTokenStore.store`` of 1,000,000 tokens with ``max_entries=100000``
@@ -16,6 +18,12 @@ Targets:
   fails beyond 100 in flight);
   ``is_valid(jti, user_id=...)`` (cutoff read in the same round trip) and a
   pool of 2 (everything waits) are reported.
+
+``python bench_tokens.py [PART ...] [--no-hiredis]``: the parts named (all by
+default: redis, many, concurrent, memory, scaling); ``--no-hiredis`` hides
+hiredis (redis-py's optional C reply parser) from redis-py, so one
+virtualenv measures both parsers. The kit does not install it: with the
+script, hiredis makes no difference to ``is_revoked_many`` (see README).
 """
 
 from __future__ import annotations
