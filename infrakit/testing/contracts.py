@@ -498,10 +498,59 @@ class TokenStoreContract:
         assert await store.revoke_all_for_user("erin") == 100
 
     async def test_is_revoked_many(self, store: TokenStore) -> None:
+        """One answer per jti, in order, each what ``is_revoked`` answers: stored,
+        revoked, unknown, revoked before it was stored, logged out everywhere,
+        expired, repeated."""
         many = getattr(store, "is_revoked_many", None)
         if many is None:
             pytest.skip("optional method is_revoked_many not provided by this backend")
+        assert await many([]) == []
+        short = datetime.now(UTC) + timedelta(milliseconds=300)
+        await store.store("short", "u", short)
         await store.store("x", "u", soon())
         await store.store("y", "u", soon())
         await store.revoke("y")
+        await store.revoke("ghost")
+        for n in range(2):
+            await store.store(f"a{n}", "alice", soon())
+        await store.revoke_all_for_user("alice")
         assert await many(["x", "y", "z"]) == [False, True, False]
+        assert await many(iter(["y", "x", "y", "y"])) == [True, False, True, True]
+        await asyncio.sleep(max(0.0, (short - datetime.now(UTC)).total_seconds()) + 0.05)
+        mixed = ["x", "y", "z", "ghost", "a0", "a1", "short", "y", "x", "z"]
+        assert await many(mixed) == [
+            False,
+            True,
+            False,
+            True,
+            True,
+            True,
+            False,
+            True,
+            False,
+            False,
+        ]
+        assert await many(mixed) == [await store.is_revoked(jti) for jti in mixed]
+        with pytest.raises(ValueError, match="jti cannot be empty"):
+            await many(["x", ""])
+
+    async def test_is_revoked_many_of_thousands(self, store: TokenStore) -> None:
+        """A batch larger than any backend's chunk of it (and one that ends on a
+        chunk's edge) answers every jti in its place."""
+        many = getattr(store, "is_revoked_many", None)
+        if many is None:
+            pytest.skip("optional method is_revoked_many not provided by this backend")
+        size = 2_500
+        edges = {0, 999, 1000, 1001, 1999, 2000, 2001, size - 1}
+        revoked = {n for n in range(size) if n % 7 == 0} | edges
+        stored = [n for n in range(size) if n % 5 == 0]
+        for start in range(0, len(stored), 50):
+            await asyncio.gather(
+                *(store.store(f"b{n}", f"user{n % 3}", soon()) for n in stored[start : start + 50])
+            )
+        for n in sorted(revoked):
+            await store.revoke(f"b{n}")
+        jtis = [f"b{n}" for n in range(size)]
+        assert await many(jtis) == [n in revoked for n in range(size)]
+        assert await many(jtis[:2000]) == [n in revoked for n in range(2000)]
+        assert await many(jtis[::-1]) == [n in revoked for n in reversed(range(size))]

@@ -221,6 +221,86 @@ class TestKeysAndTTLs:
         assert total_after - total_before == 10 * 2 + 2
 
 
+async def _command_calls(client: redis.Redis) -> dict[str, int]:
+    """Calls per command so far, and ``total``: every command the server ran
+    (the commands scripts ran, and the INFO calls that read them except this
+    one, included)."""
+    stats = await client.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(row["calls"]) for name, row in stats.items()}
+    calls["total"] = int((await client.info("stats"))["total_commands_processed"])
+    return calls
+
+
+class TestManyChecks:
+    """``is_revoked_many`` on one server: one script per 1,000 jtis, right answers
+    however the call ends."""
+
+    async def test_one_script_per_thousand_jtis(self, stores: Stores, own_redis: Any) -> None:
+        store = stores(own_redis.url)
+        await store.store("j10", "u", soon())
+        for n in (10, 999, 1000, 2499):
+            await store.revoke(f"j{n}")
+        assert await store.is_revoked_many(["warm"]) == [False]  # the script is loaded
+        jtis = [f"j{n}" for n in range(2500)]
+        monitor = redis.Redis.from_url(own_redis.url, decode_responses=True)
+        try:
+            before = await _command_calls(monitor)
+            assert await store.is_revoked_many([]) == []  # sends nothing
+            answers = await store.is_revoked_many(jtis)
+            after = await _command_calls(monitor)
+        finally:
+            await monitor.aclose()
+        assert answers == [n in (10, 999, 1000, 2499) for n in range(2500)]
+        assert after["evalsha"] - before["evalsha"] == 3
+        # the server counts the commands a script runs: one HGET per key
+        assert after["hget"] - before["hget"] == 2500
+        # three scripts, their reads and the two INFO calls of the second count
+        assert after["total"] - before["total"] == 3 + 2500 + 2
+
+    async def test_scripts_flushed_or_lost_are_loaded_again(
+        self, stores: Stores, own_redis: Any
+    ) -> None:
+        store = stores(own_redis.url)
+        await store.revoke("r")
+        assert await store.is_revoked_many(["r", "x"]) == [True, False]
+        await store.client.script_flush()
+        assert await store.is_revoked_many(["x", "r"]) == [False, True]
+
+    async def test_cancelled_between_chunks(self, stores: Stores, own_redis: Any) -> None:
+        """A cancelled batch ends with CancelledError and sends no further chunk."""
+        store = stores(own_redis.url)
+        await store.revoke("j0")
+        await store.is_revoked_many(["warm"])
+        chunks = 40
+        jtis = [f"j{n}" for n in range(chunks * 1000)]
+        monitor = redis.Redis.from_url(own_redis.url, decode_responses=True)
+        try:
+            before = await _command_calls(monitor)
+            task = asyncio.create_task(store.is_revoked_many(jtis))
+            await asyncio.sleep(0.01)  # a few chunks in: each is a round trip of ~1 ms
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            assert await store.is_revoked_many(["j1", "j0"]) == [False, True]
+            after = await _command_calls(monitor)
+        finally:
+            await monitor.aclose()
+        assert after["evalsha"] - before["evalsha"] < chunks
+
+    async def test_a_key_of_another_type_is_an_error_not_an_outage(
+        self, stores: Stores, redis_prefix: str
+    ) -> None:
+        """A key under the prefix that is not a token's hash: the error Redis
+        gave, never a permissive answer (as for ``is_revoked``)."""
+        store = stores(REDIS_URL, key_prefix=redis_prefix, on_backend_error="fail_open")
+        await store.client.set(store.token_key("odd"), "not a hash")
+        for check in (store.is_revoked_many(["x", "odd"]), store.is_revoked("odd")):
+            with pytest.raises(
+                TokenStoreError, match=r"checking (tokens|a token) failed .*WRONGTYPE"
+            ):
+                await check
+
+
 class TestRedisGoesAway:
     """A Redis that dies or hangs: errors by the store's own timeouts, then recovery."""
 
@@ -235,6 +315,7 @@ class TestRedisGoesAway:
             assert caught.value.__cause__ is not None
             for call in (
                 store.is_valid("j"),
+                store.is_revoked_many(["j", "k"]),
                 store.revoke("j"),
                 store.get("j"),
                 store.revoke_all_for_user("u"),
@@ -243,6 +324,8 @@ class TestRedisGoesAway:
                 with pytest.raises(TokenStoreError):
                     await call
         own_redis.start()  # same port, empty (no persistence)
+        await store.revoke("j3")  # scripts are loaded again, each on its first use
+        assert await store.is_revoked_many(["j3", "j"]) == [True, False]
         await store.store("j2", "u", soon())  # the same object works again
         assert await store.is_valid("j2")
 
