@@ -36,6 +36,10 @@ __all__ = [
     "set_telemetry",
 ]
 
+#: The instrumentation scope of the kit's tracer and meter (the span
+#: scrubber trusts ``http.route`` on this scope's server spans only).
+TRACER_NAME = "infrakit"
+
 _log = logging.getLogger("infrakit.telemetry")
 _TRUE = {"1", "true", "yes", "on"}
 
@@ -137,8 +141,8 @@ class TelemetryProvider(Component):
                 tracer_provider, meter_provider, exporter, reader = self._build()
                 self._tracer_provider, self._meter_provider = tracer_provider, meter_provider
                 self._span_exporter, self._metric_reader = exporter, reader
-                self._tracer = tracer_provider.get_tracer("infrakit")
-                self._meter = meter_provider.get_meter("infrakit")
+                self._tracer = tracer_provider.get_tracer(TRACER_NAME)
+                self._meter = meter_provider.get_meter(TRACER_NAME)
                 _claim_global(tracer_provider, meter_provider)
                 self._instrument(tracer_provider)
             self._initialized = True

@@ -28,9 +28,10 @@ from typing import Any
 
 from opentelemetry.sdk.trace import Event, ReadableSpan
 from opentelemetry.sdk.trace.export import SpanExporter, SpanExportResult
-from opentelemetry.trace import Link, Status
+from opentelemetry.trace import Link, SpanKind, Status
 
 from infrakit.scrub import SAME, Scrubber
+from infrakit.telemetry.provider import TRACER_NAME
 
 __all__ = ["QUERY_MASK", "ScrubbingSpanExporter", "sanitize_sql"]
 
@@ -89,10 +90,14 @@ class ScrubbingSpanExporter(SpanExporter):
         change (the usual case), else a copy (the original is never changed)."""
         text = self._scrubber.cached_text
         name = span.name
-        route = (span.attributes or {}).get(_ROUTE)
+        # The route template is kept only on the kit's own server spans, where
+        # TracingMiddleware read it off the routing table; another
+        # instrumentation may put a raw path there.
+        own = _is_own_server_span(span)
+        route = (span.attributes or {}).get(_ROUTE) if own else None
         if not (isinstance(route, str) and _is_route_name(name, route)):
             name = text(name)
-        attributes = self.attributes(span.attributes)
+        attributes = self.attributes(span.attributes, keep_route=own)
         events = span.events
         new_events = []
         for event in events:
@@ -135,8 +140,11 @@ class ScrubbingSpanExporter(SpanExporter):
             instrumentation_scope=span.instrumentation_scope,
         )
 
-    def attributes(self, attributes: Mapping[str, Any] | None) -> dict[str, Any] | None:
-        """The scrubbed attributes, or ``None`` when none had to change."""
+    def attributes(
+        self, attributes: Mapping[str, Any] | None, *, keep_route: bool = False
+    ) -> dict[str, Any] | None:
+        """The scrubbed attributes, or ``None`` when none had to change;
+        ``keep_route``: ``http.route`` is a template from the routing table."""
         if not attributes:
             return None
         scrubber = self._scrubber
@@ -145,7 +153,7 @@ class ScrubbingSpanExporter(SpanExporter):
         for key, value in attributes.items():
             if keys(key):
                 new: Any = scrubber.replacement
-            elif key == _ROUTE:
+            elif key == _ROUTE and keep_route:
                 continue
             elif type(value) is str:
                 if key not in _SPECIAL and texts.get(value) is SAME:
@@ -176,6 +184,12 @@ class ScrubbingSpanExporter(SpanExporter):
         else:
             return scrubber.cached_text(value)
         return value if masked == value else masked
+
+
+def _is_own_server_span(span: ReadableSpan) -> bool:
+    """A server span of the kit's tracer (``TracingMiddleware``'s)."""
+    scope = span.instrumentation_scope
+    return span.kind is SpanKind.SERVER and scope is not None and scope.name == TRACER_NAME
 
 
 def _is_route_name(name: str, route: str) -> bool:

@@ -301,13 +301,25 @@ class TestOptIns:
 class TestRouteTemplatesAreNotScrubbed:
     """A route template is code from the routing table: ``{code:int}`` is no
     name=value pair (the span scrubber made it ``{code:[REDACTED]``). Anything
-    else in a span name is still scrubbed."""
+    else in a span name is still scrubbed, and so is ``http.route`` on spans
+    the kit's middleware did not make (another instrumentation may put a raw
+    path there)."""
 
-    def spans(self, name: str, route: str | None) -> tuple[str, dict[str, Any]]:
+    def spans(
+        self,
+        name: str,
+        route: str | None,
+        *,
+        kind: SpanKind = SpanKind.SERVER,
+        scope: str | None = None,
+    ) -> tuple[str, dict[str, Any]]:
         telemetry = TelemetryProvider(TelemetrySettings(exporter="memory"), ServiceSettings())
         telemetry.initialize()
         try:
-            with telemetry.tracer.start_as_current_span(name) as span:
+            tracer = (
+                telemetry.tracer if scope is None else telemetry.tracer_provider.get_tracer(scope)  # type: ignore[union-attr]
+            )
+            with tracer.start_as_current_span(name, kind=kind) as span:
                 if route is not None:
                     span.set_attribute("http.route", route)
             (finished,) = telemetry.finished_spans()
@@ -325,3 +337,16 @@ class TestRouteTemplatesAreNotScrubbed:
         assert "s3cr3t-value" not in name
         name, _ = self.spans("login password=hunter2", None)
         assert "hunter2" not in name
+
+    @pytest.mark.parametrize(
+        ("kind", "scope"),
+        [
+            (SpanKind.SERVER, "opentelemetry.instrumentation.asgi"),
+            (SpanKind.INTERNAL, None),  # the kit's tracer, but not its server span
+        ],
+    )
+    def test_a_route_on_another_span_is_scrubbed(self, kind: SpanKind, scope: str | None) -> None:
+        raw = "/reset/token=s3cr3t-value"
+        name, attributes = self.spans(f"GET {raw}", raw, kind=kind, scope=scope)
+        assert "s3cr3t-value" not in name
+        assert "s3cr3t-value" not in attributes["http.route"]
