@@ -46,7 +46,7 @@ from typing import Any
 
 import structlog
 
-from infrakit.errors import AuditError, InfrastructureError
+from infrakit.errors import AuditError
 from infrakit.settings.models import MIN_SIGNING_KEY_LENGTH, AuditSettings
 
 __all__ = [
@@ -330,6 +330,9 @@ class Checkpointer:
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[Checkpoint | None] | None = None
         self._timer: asyncio.Task[None] | None = None
+        # The loop the logger started on: checkpoints are made there, whatever
+        # loop (or thread) the write that calls note() ran on.
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def last(self) -> Checkpoint | None:
@@ -351,8 +354,9 @@ class Checkpointer:
                 f"cannot append to audit.checkpoint_file {self.policy.file}: "
                 f"{type(error).__name__}: {error.strerror}"
             ) from error
+        self._loop = asyncio.get_running_loop()
         if self.policy.interval_s > 0 and self._timer is None:
-            self._timer = asyncio.get_running_loop().create_task(self._tick())
+            self._timer = self._loop.create_task(self._tick())
 
     async def aclose(self) -> None:
         """Stop the timer and write a last checkpoint of what this process wrote."""
@@ -366,7 +370,21 @@ class Checkpointer:
             await self._background()
 
     def note(self, count: int) -> None:
-        """``count`` entries were committed; start a checkpoint when ``every`` is reached."""
+        """``count`` entries were committed; start a checkpoint when ``every`` is reached.
+
+        Called from another event loop than the one the logger started on (a
+        write from a thread of its own), the count is handed to that loop: the
+        checkpoint task and its lock belong to it.
+        """
+        owner = self._loop
+        if owner is not None and not owner.is_closed():
+            try:
+                running = asyncio.get_running_loop()
+            except RuntimeError:
+                running = None
+            if running is not owner:
+                owner.call_soon_threadsafe(self.note, count)
+                return
         self._since += count
         every = self.policy.every
         if every and self._since >= every and (self._task is None or self._task.done()):
@@ -381,8 +399,9 @@ class Checkpointer:
     async def _background(self) -> Checkpoint | None:
         try:
             return await self.checkpoint()
-        except (InfrastructureError, OSError) as error:  # the entries are stored; only
-            # their checkpoint is late (the next one covers them)
+        except Exception as error:  # noqa: BLE001 - the entries are stored; only their
+            # checkpoint is late (the next one covers them), and a task's error
+            # would otherwise only reach "Task exception was never retrieved"
             _log.warning(
                 "infrakit.audit.checkpoint_failed",
                 error=type(error).__name__,

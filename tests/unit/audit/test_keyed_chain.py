@@ -6,6 +6,7 @@ import asyncio
 import dataclasses
 import io
 import json
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -159,6 +160,33 @@ class TestCheckpointer:
         path.rmdir()
         await audit.aclose()
         assert _lines(path)[-1]["entry_id"] == "e-00000"  # the close retried it
+
+    async def test_a_write_from_another_event_loop_is_checkpointed_on_the_loggers(
+        self, database: DatabaseSession, tmp_path: Path
+    ) -> None:
+        """A thread with a loop of its own writes; the checkpoint is made on the
+        loop the logger started on (a task on the thread's loop died with
+        ``asyncio.run`` before it could write anything)."""
+        path = tmp_path / "cp.jsonl"
+        audit = SqlAuditLogger(database, keys=keyring(), checkpoints=CheckpointPolicy(1, 0, path))
+        await audit.start()
+        errors: list[BaseException] = []
+
+        def elsewhere() -> None:
+            try:
+                asyncio.run(audit.log(entry(0)))
+            except BaseException as error:  # reported by the assertion below
+                errors.append(error)
+
+        thread = threading.Thread(target=elsewhere)
+        thread.start()
+        await asyncio.to_thread(thread.join, 60)  # this loop keeps running meanwhile
+        assert not thread.is_alive()
+        assert errors == []
+        await _wait_for(lambda: len(_lines(path)) == 1, "the checkpoint of the thread's write")
+        assert _lines(path)[0]["entry_id"] == "e-00000"
+        await audit.aclose()
+        assert (await audit.verify(checkpoints=load_checkpoints(str(path)))).ok
 
     async def test_no_key_no_checkpoint(self, database: DatabaseSession) -> None:
         audit = SqlAuditLogger(database)
