@@ -24,6 +24,9 @@ from infrakit.logging import (
     set_request_id,
 )
 
+# every test here runs with orjson and with the stdlib encoder
+pytestmark = pytest.mark.usefixtures("json_encoder")
+
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
