@@ -121,20 +121,21 @@ _processors: list[Processor] = []
 
 
 class _PipelineHandler(logging.Handler):
-    """The stdlib handler that renders records through the structlog pipeline."""
+    """The stdlib handler that renders records through the structlog pipeline
+    and writes them as structlog's lines are: a line with non-ASCII (orjson
+    writes it raw) as UTF-8 bytes, which a text stream's encoding (``ascii``
+    under ``PYTHONIOENCODING``, say) could not refuse."""
 
     infrakit_handler = True
 
     def __init__(self, stream: IO[str] | None) -> None:
         super().__init__()
-        self._stream = stream
+        self._out = _StdoutLogger(stream)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
-            stream: TextIO | IO[str] = self._stream or sys.stdout
-            stream.write(line + "\n")
-            stream.flush()
+            self._out.msg(line if line.isascii() else (line + "\n").encode())
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
 
