@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import textwrap
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -69,3 +70,15 @@ def write_profile(profiles_dir: Path) -> WriteProfile:
         return path
 
     return write
+
+
+@pytest.fixture(params=["orjson", "json"])
+def json_encoder(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Run the test twice: with orjson writing the JSON lines (the ``orjson``
+    extra, installed with ``dev``), and as without it (its import fails, so
+    the stdlib encoder writes them). Logging must be configured after."""
+    if request.param == "orjson":
+        import orjson  # noqa: F401 - fail here, clearly, if the extra is missing
+    else:
+        monkeypatch.setitem(sys.modules, "orjson", None)
+    return str(request.param)

@@ -11,13 +11,13 @@ import time
 import traceback
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
-from typing import IO, Any, TextIO, cast
+from typing import IO, Any, NamedTuple, TextIO, cast
 
 import structlog
 from structlog.typing import EventDict, Processor
 
 from infrakit.logging.context import current_trace_ids, get_request_id
-from infrakit.logging.redaction import REDACTED, PIIRedactor, safe_repr
+from infrakit.logging.redaction import ENCODERS_DIFFER, REDACTED, PIIRedactor, safe_repr
 from infrakit.scrub import Scrubber
 from infrakit.values import LOG_LEVELS
 
@@ -41,48 +41,101 @@ _configured = False
 
 
 class _StdoutLogger:
-    """Writes each rendered line to the *current* ``sys.stdout`` (or a fixed stream).
+    """Writes each rendered line to the configured stream, else to the
+    *current* ``sys.stdout``.
 
     Looking ``sys.stdout`` up per line keeps output going where pytest's capture
-    or a redirect has put it, even for loggers created before.
+    or a redirect has put it, even for loggers created before. One instance
+    serves every structlog logger; :func:`configure_logging` sets its stream.
+
+    A ``str`` line gets its newline here. A ``bytes`` line (orjson's) comes
+    with it and goes to the stream's binary ``buffer`` (sys.stdout's, a file's)
+    without a decode and encode, after whatever the text layer holds, so it
+    stays in order with ``print()``; a stream without one (``StringIO``) gets
+    it decoded. Either way the bytes are UTF-8, as JSON travels.
     """
 
-    __slots__ = ("_stream",)
+    __slots__ = ("stream",)
 
     def __init__(self, stream: IO[str] | None = None) -> None:
-        self._stream = stream
+        self.stream = stream
 
-    def msg(self, message: str) -> None:
-        stream = self._stream or sys.stdout
-        stream.write(message + "\n")
+    def msg(self, message: str | bytes) -> None:
+        stream = self.stream or sys.stdout
+        if type(message) is bytes:
+            buffer = getattr(stream, "buffer", None)
+            if buffer is not None:
+                stream.flush()
+                buffer.write(message)
+                buffer.flush()
+                return
+            stream.write(message.decode())
+        else:
+            stream.write(cast(str, message) + "\n")
         stream.flush()
 
     log = debug = info = warn = warning = error = critical = exception = fatal = msg
 
 
-class _StdoutLoggerFactory:
-    def __init__(self, stream: IO[str] | None) -> None:
-        self._stream = stream
+#: The one writer behind every structlog logger of the kit's configuration.
+_writer = _StdoutLogger()
 
-    def __call__(self, *args: Any) -> _StdoutLogger:
-        return _StdoutLogger(self._stream)
+
+def _writer_factory(*args: Any) -> _StdoutLogger:
+    return _writer
+
+
+class _FilteringBoundLogger(structlog.BoundLoggerBase):
+    """structlog's ``make_filtering_bound_logger`` class for the configured
+    level, as one class whose methods each configuration replaces.
+
+    The kit's loggers are cached on first use (structlog's
+    ``cache_logger_on_first_use``: a logger from ``structlog.get_logger()``
+    is otherwise assembled anew on every call, about 1 µs). A cached logger
+    keeps its class, its processor list and its writer for good: so all three
+    stay the same objects, changed in place by :func:`configure_logging` and
+    :func:`reset_logging`, and a logger cached by one configuration logs
+    through the next one, at its level, to its stream.
+    """
+
+
+def _filter_at(level: int) -> None:
+    """Give :class:`_FilteringBoundLogger` the methods structlog builds for ``level``
+    (``return None`` below it)."""
+    source = structlog.make_filtering_bound_logger(level)
+    for name, method in vars(source).items():
+        if not name.startswith("__"):
+            setattr(_FilteringBoundLogger, name, method)
+
+
+_filter_at(logging.NOTSET)  # structlog's default
+
+#: The processor list structlog holds, for the life of the process: each
+#: configuration replaces its contents in one step (as
+#: ``structlog.testing.capture_logs`` does), so cached loggers run the chain
+#: configured last. Every configuration of the kit has the same four roles at
+#: the same places (context, stamp and exceptions, redaction, renderer): a
+#: thread running the chain while it is replaced runs each role once, old or
+#: new, and never skips the redactor.
+_processors: list[Processor] = []
 
 
 class _PipelineHandler(logging.Handler):
-    """The stdlib handler that renders records through the structlog pipeline."""
+    """The stdlib handler that renders records through the structlog pipeline
+    and writes them as structlog's lines are: a line with non-ASCII (orjson
+    writes it raw) as UTF-8 bytes, which a text stream's encoding (``ascii``
+    under ``PYTHONIOENCODING``, say) could not refuse."""
 
     infrakit_handler = True
 
     def __init__(self, stream: IO[str] | None) -> None:
         super().__init__()
-        self._stream = stream
+        self._out = _StdoutLogger(stream)
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             line = self.format(record)
-            stream: TextIO | IO[str] = self._stream or sys.stdout
-            stream.write(line + "\n")
-            stream.flush()
+            self._out.msg(line if line.isascii() else (line + "\n").encode())
         except Exception:  # noqa: BLE001 - logging must never raise into the caller
             self.handleError(record)
 
@@ -117,14 +170,13 @@ class UTCTimestamper:
         self._cached: tuple[int, str] = (-1, "")
 
     def __call__(self, logger: object, method_name: str, event_dict: EventDict) -> EventDict:
-        now = time.time()
-        second = int(now)
+        # integer nanoseconds: no float to round, and divmod splits them in one step
+        second, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
         cached_second, prefix = self._cached  # one tuple: safe across threads
         if second != cached_second:
             prefix = time.strftime("%Y-%m-%dT%H:%M:%S.", time.gmtime(second))
             self._cached = (second, prefix)
-        # (%d truncates the float as int() would, at two thirds of the cost)
-        event_dict["timestamp"] = "%s%06dZ" % (prefix, (now - second) * 1_000_000)  # noqa: UP031
+        event_dict["timestamp"] = "%s%06dZ" % (prefix, nanoseconds // 1000)  # noqa: UP031
         return event_dict
 
 
@@ -133,14 +185,16 @@ _LEVEL_NAMES = {"warn": "warning", "exception": "error"}
 
 
 class _Stamp:
-    """``add_request_id``, ``add_trace_context``, structlog's ``add_log_level``
-    and :class:`UTCTimestamper` in that order, as one processor: the same
-    event, without three more calls through structlog's chain on every line."""
+    """``add_request_id``, ``add_trace_context``, structlog's ``add_log_level``,
+    :class:`UTCTimestamper` and, for JSON, :class:`_JsonExceptions`, in that
+    order, as one processor: the same event, without four more calls through
+    structlog's chain on every line."""
 
-    __slots__ = ("_timestamp",)
+    __slots__ = ("_exceptions", "_timestamp")
 
-    def __init__(self) -> None:
+    def __init__(self, exceptions: _JsonExceptions | None = None) -> None:
         self._timestamp = UTCTimestamper()
+        self._exceptions = exceptions
 
     def __call__(self, logger: object, method_name: str, event_dict: EventDict) -> EventDict:
         request_id = get_request_id()
@@ -151,7 +205,10 @@ class _Stamp:
             event_dict.setdefault("trace_id", trace_id)
             event_dict.setdefault("span_id", span_id)
         event_dict["level"] = _LEVEL_NAMES.get(method_name, method_name)
-        return self._timestamp(logger, method_name, event_dict)
+        self._timestamp(logger, method_name, event_dict)
+        if self._exceptions is None or "exc_info" not in event_dict:
+            return event_dict
+        return self._exceptions(logger, method_name, event_dict)
 
 
 #: How much of a frame local's repr is read (for secrets) and how much shown.
@@ -244,11 +301,20 @@ class _ScrubbedTraceback:
                 self._locals(other, seen)
 
 
-def _json_default(scrub: Callable[[str], str]) -> Callable[[object], str]:
-    """The JSON renderer's ``default``: an object's ``__structlog__`` or its
-    ``repr`` (as structlog's own), scrubbed."""
+def _json_default(scrub: Callable[[str], str]) -> Callable[[object], object]:
+    """The JSON renderers' ``default``: an object's ``__structlog__`` or its
+    ``repr`` (as structlog's own), scrubbed.
 
-    def default(value: object) -> str:
+    orjson also asks it for what the stdlib encoder writes itself: tuple
+    subclasses (named tuples), as arrays, and float subclasses (numpy's
+    ``float64``), as numbers.
+    """
+
+    def default(value: object) -> object:
+        if isinstance(value, tuple):
+            return list(value)
+        if isinstance(value, float):
+            return float(value)
         hook = getattr(type(value), "__structlog__", None)
         if callable(hook):
             with contextlib.suppress(Exception):
@@ -266,7 +332,7 @@ class _JsonRenderer:
 
     __slots__ = ("_encode", "_iterencode")
 
-    def __init__(self, default: Callable[[object], str]) -> None:
+    def __init__(self, default: Callable[[object], object]) -> None:
         encoder = json.JSONEncoder(default=default, skipkeys=True)
         self._encode = encoder.encode
         # The C encoder itself, made once (``encode`` makes one per call).
@@ -286,6 +352,92 @@ class _JsonRenderer:
         if self._iterencode is None:  # no C accelerator in this Python
             return self._encode(event_dict)
         return "".join(self._iterencode(event_dict, 0))
+
+
+class _OrjsonRenderer:
+    """The JSON line by orjson: the keys and values :class:`_JsonRenderer`
+    writes, several times faster. As ``bytes`` ending in a newline for the
+    writer, or (``text=True``) as ``str`` for the stdlib formatter.
+
+    orjson spells a line differently (no space after ``:`` and ``,``;
+    non-ASCII as UTF-8, not ``\\u`` escapes) and treats some values its own way;
+    for those the line is the stdlib encoder's, as without orjson:
+
+    - what orjson refuses (a ``TypeError``): an int past 64 bits, a string
+      with a lone surrogate, a key that is not a string (the redactor leaves
+      none, but a failed redaction's fallback might);
+    - NaN and infinities, which orjson writes as ``null``, and a UUID or an
+      enum member, which orjson writes as its hex or its value, the stdlib
+      encoder (and structlog) as its ``repr``: the redactor, which sees every
+      value, marks such events
+      (:data:`~infrakit.logging.redaction.ENCODERS_DIFFER`).
+
+    Dates and times go to ``default`` (their ``repr``) as with the stdlib
+    encoder, and so do dataclasses (the redactor made them dicts already).
+    """
+
+    __slots__ = ("_default", "_differ", "_dumps", "_fallback", "_option", "_text")
+
+    def __init__(
+        self,
+        dumps: Callable[..., bytes],
+        option: int,
+        default: Callable[[object], object],
+        fallback: _JsonRenderer,
+        *,
+        text: bool,
+    ) -> None:
+        self._dumps = dumps
+        self._option = option
+        self._default = default
+        self._fallback = fallback
+        self._text = text
+        self._differ = ENCODERS_DIFFER
+
+    def __call__(self, logger: object, method_name: str, event_dict: EventDict) -> str | bytes:
+        differ = self._differ
+        if differ.seen:
+            differ.seen = False
+            return self._fallback(logger, method_name, event_dict)
+        try:
+            line = self._dumps(event_dict, default=self._default, option=self._option)
+        except TypeError:  # orjson.JSONEncodeError is one
+            return self._fallback(logger, method_name, event_dict)
+        if not line.isascii():
+            line = _escape_line_breaks(line)
+        return line.decode() if self._text else line
+
+
+def _escape_line_breaks(line: bytes) -> bytes:
+    """``line`` with U+0085, U+2028 and U+2029 as ``\\u`` escapes: JSON allows
+    them raw, orjson writes them raw, and ``str.splitlines()`` (and editors)
+    would end the line there. Their UTF-8 bytes cannot occur inside another
+    character's, so a bytes replace is exact."""
+    for raw, escaped in _LINE_BREAKS:
+        if raw in line:
+            line = line.replace(raw, escaped)
+    return line
+
+
+_LINE_BREAKS = tuple(
+    (char.encode(), f"\\u{ord(char):04x}".encode()) for char in ("\u0085", "\u2028", "\u2029")
+)
+
+
+def _json_renderers(default: Callable[[object], object]) -> tuple[Processor, Processor]:
+    """The JSON renderer for structlog's chain and the one for the stdlib
+    formatter: orjson's (bytes, and text) when it is installed, else the
+    stdlib encoder's for both."""
+    stdlib = _JsonRenderer(default)
+    try:
+        import orjson
+    except ImportError:  # the optional extra: pip install "infrakit-compose[orjson]"
+        return stdlib, stdlib
+    option = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+    lines = _OrjsonRenderer(
+        orjson.dumps, option | orjson.OPT_APPEND_NEWLINE, default, stdlib, text=False
+    )
+    return lines, _OrjsonRenderer(orjson.dumps, option, default, stdlib, text=True)
 
 
 class _SafeRenderer:
@@ -384,6 +536,46 @@ def tap() -> Iterator[list[dict[str, Any]]]:
             _place_tap()
 
 
+class _Pipeline(NamedTuple):
+    shared: list[Processor]
+    #: structlog's renderer: ``bytes`` lines with orjson, else ``str``
+    renderer: Processor
+    #: the stdlib formatter's: always ``str``
+    text_renderer: Processor
+
+
+def _build(
+    *,
+    log_format: str,
+    development: bool,
+    additional_pii_patterns: Iterable[str] | None,
+    replacement: str,
+    extra_params: Iterable[str],
+    traceback_locals: bool,
+) -> _Pipeline:
+    redactor = PIIRedactor(additional_pii_patterns, replacement, extra_params=extra_params)
+    scrubber = redactor.scrubber
+    scrub = scrubber.text
+    renderer: Processor
+    text_renderer: Processor
+    if log_format == "console" or development:
+        console = structlog.dev.ConsoleRenderer(
+            colors=development, exception_formatter=_ScrubbedTraceback(scrubber, traceback_locals)
+        )
+        stamp = _Stamp()  # the console renderer formats exceptions itself
+        renderer = text_renderer = _SafeRenderer(console, scrub)
+    else:
+        # rendered before redaction, so messages, tracebacks and locals are scrubbed
+        stamp = _Stamp(_JsonExceptions(traceback_locals, scrubber))
+        # The redactor leaves only JSON-safe values, keys strings, and objects
+        # whose repr holds no secret (dates, UUIDs...): these print those, and
+        # are a second line for anything else.
+        renderer, text_renderer = _json_renderers(_json_default(scrub))
+    # request id, trace ids, level, timestamp, exceptions
+    shared: list[Processor] = [structlog.contextvars.merge_contextvars, stamp, redactor]
+    return _Pipeline(shared, renderer, text_renderer)
+
+
 def build_processors(
     *,
     log_format: str = "json",
@@ -393,29 +585,17 @@ def build_processors(
     extra_params: Iterable[str] = (),
     traceback_locals: bool = False,
 ) -> tuple[list[Processor], Processor]:
-    """The shared processors (context, level, time, exceptions, redaction) and the renderer."""
-    redactor = PIIRedactor(additional_pii_patterns, replacement, extra_params=extra_params)
-    scrubber = redactor.scrubber
-    scrub = scrubber.text
-    shared: list[Processor] = [
-        structlog.contextvars.merge_contextvars,
-        _Stamp(),  # request id, trace ids, level, timestamp
-    ]
-    renderer: Processor
-    if log_format == "console" or development:
-        console = structlog.dev.ConsoleRenderer(
-            colors=development, exception_formatter=_ScrubbedTraceback(scrubber, traceback_locals)
-        )
-        renderer = _SafeRenderer(console, scrub)
-    else:
-        # rendered before redaction, so messages, tracebacks and locals are scrubbed
-        shared.append(_JsonExceptions(traceback_locals, scrubber))
-        # The redactor leaves only JSON-safe values, keys strings, and objects
-        # whose repr holds no secret (dates, UUIDs...): this prints those, and
-        # is a second line for anything else.
-        renderer = _JsonRenderer(_json_default(scrub))
-    shared.append(redactor)
-    return shared, renderer
+    """The shared processors (context, level, time, exceptions, redaction) and
+    a renderer returning ``str``."""
+    pipeline = _build(
+        log_format=log_format,
+        development=development,
+        additional_pii_patterns=additional_pii_patterns,
+        replacement=replacement,
+        extra_params=extra_params,
+        traceback_locals=traceback_locals,
+    )
+    return pipeline.shared, pipeline.text_renderer
 
 
 def configure_logging(
@@ -436,13 +616,16 @@ def configure_logging(
     JSON lines (or console output) go to ``stream``, by default the current
     ``sys.stdout``. Records of stdlib loggers (uvicorn, sqlalchemy, ...) go
     through the same processors, redaction included. Tracebacks carry no
-    frame locals unless ``traceback_locals`` (then redacted). Calling it again
-    replaces the previous configuration; :func:`reset_logging` undoes it.
+    frame locals unless ``traceback_locals`` (then redacted). JSON is written
+    by orjson when it is installed (the ``orjson`` extra), else by the stdlib
+    encoder: the same keys and values. Calling it again replaces the previous
+    configuration, for loggers already in use too; :func:`reset_logging`
+    undoes it.
     """
     global _configured  # noqa: PLW0603 - logging is process-global by nature
     level_name, log_format = _validate(log_level, log_format)
     level = logging.getLevelNamesMapping()[level_name]
-    shared, renderer = build_processors(
+    shared, renderer, text_renderer = _build(
         log_format=log_format,
         development=development,
         additional_pii_patterns=additional_pii_patterns,
@@ -450,24 +633,26 @@ def configure_logging(
         extra_params=extra_params,
         traceback_locals=traceback_locals,
     )
-    processors: list[Processor] = [*shared, renderer]
     foreign: list[Processor] = [
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
         *shared,
     ]
     with _lock:
-        _chains[:] = [(processors, len(shared) - 1), (foreign, len(foreign) - 1)]
+        _processors[:] = [*shared, renderer]
+        _chains[:] = [(_processors, len(shared) - 1), (foreign, len(foreign) - 1)]
         _place_tap()
+        _writer.stream = stream
+        _filter_at(level)
         structlog.configure(
-            processors=processors,
-            wrapper_class=structlog.make_filtering_bound_logger(level),
-            logger_factory=_StdoutLoggerFactory(stream),
-            cache_logger_on_first_use=False,
+            processors=_processors,
+            wrapper_class=_FilteringBoundLogger,
+            logger_factory=_writer_factory,
+            cache_logger_on_first_use=True,
         )
         formatter = structlog.stdlib.ProcessorFormatter(
             foreign_pre_chain=foreign,
-            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            processors=[structlog.stdlib.ProcessorFormatter.remove_processors_meta, text_renderer],
         )
         handler = _PipelineHandler(stream)
         handler.setFormatter(formatter)
@@ -509,10 +694,20 @@ def configure_logging_from(section: Any, *, stream: IO[str] | None = None) -> No
 
 
 def reset_logging() -> None:
-    """Undo :func:`configure_logging` (tests call this between cases)."""
+    """Undo :func:`configure_logging` (tests call this between cases).
+
+    structlog is back to its defaults, loggers cached meanwhile included:
+    they run structlog's default processors, at every level, to
+    ``sys.stdout``. The default processors stay in the list structlog and
+    those loggers share, so ``structlog.testing.capture_logs`` reaches them.
+    """
     global _configured  # noqa: PLW0603
     with _lock:
         structlog.reset_defaults()
+        _processors[:] = structlog.get_config()["processors"]
+        structlog.configure(processors=_processors)
+        _writer.stream = None
+        _filter_at(logging.NOTSET)
         _remove_handlers(logging.getLogger())
         logging.getLogger().setLevel(logging.WARNING)
         _chains.clear()

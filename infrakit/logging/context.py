@@ -66,12 +66,16 @@ def current_trace_ids() -> tuple[str | None, str | None]:
     """The active span's ``(trace_id, span_id)`` as 32 and 16 lowercase hex.
 
     If OpenTelemetry's trace API was never imported, no span can be active,
-    so this costs one dict lookup and imports nothing.
+    so this costs one dict lookup and imports nothing; outside any span (an
+    empty OpenTelemetry context) one more call.
     """
     trace = sys.modules.get("opentelemetry.trace")
     if trace is None:
         return None, None
-    context = trace.get_current_span().get_span_context()
+    current = sys.modules["opentelemetry.context"].get_current()  # imported by trace
+    if not current:
+        return None, None
+    context = trace.get_current_span(current).get_span_context()
     if not context.is_valid:
         return None, None
     return format(context.trace_id, "032x"), format(context.span_id, "016x")

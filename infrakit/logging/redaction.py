@@ -20,6 +20,8 @@ import datetime
 import decimal
 import enum
 import fractions
+import math
+import threading
 import uuid
 from collections.abc import Iterable, Mapping
 from pathlib import PurePath
@@ -29,13 +31,16 @@ from infrakit.scrub import DEFAULT_PATTERNS, REDACTED, SAME, Scrubber, is_sensit
 
 __all__ = [
     "DEFAULT_PATTERNS",
+    "ENCODERS_DIFFER",
     "REDACTED",
+    "EncodersDiffer",
     "PIIRedactor",
     "is_sensitive_key",
 ]
 
 _MAX_DEPTH = 32
-_PLAIN = frozenset({int, float, bool, type(None)})
+#: Values shown as they are (floats too, checked for NaN and infinities on the way).
+_PLAIN = frozenset({int, bool, type(None)})
 #: Objects left in the event as they are (``captured_logs`` sees them; the
 #: renderers print their repr, which holds only numbers and fixed words).
 _KEPT = frozenset(
@@ -44,6 +49,27 @@ _KEPT = frozenset(
         datetime.timezone, uuid.UUID, decimal.Decimal, fractions.Fraction, complex,
     }
 )  # fmt: skip
+
+
+class EncodersDiffer(threading.local):
+    """Per thread: whether the redactor has let through, since the flag was
+    last cleared, a value that the stdlib JSON encoder and orjson write
+    differently: a NaN or an infinity (json writes ``NaN``, orjson ``null``),
+    a UUID or an enum member (json, like structlog, prints its ``repr``
+    through ``default``; orjson writes a UUID's hex, an enum's value).
+
+    The orjson renderer reads it to hand such an event to the stdlib
+    encoder, so the line is the same with or without orjson, and clears it.
+    The redactor already looks at every value; looking again in the renderer
+    would cost more than the rest of the rendering.
+    """
+
+    seen = False
+
+
+#: The flag the redactors set (one per thread, shared by every redactor).
+ENCODERS_DIFFER = EncodersDiffer()
+
 #: Values the pipeline itself put in the event: never free text, never scanned.
 _KIT_KEYS = frozenset(
     {"timestamp", "level", "logger", "request_id", "trace_id", "span_id", "_from_structlog"}
@@ -53,6 +79,10 @@ _KIT_KEYS = frozenset(
 _PASS_KEYS = frozenset({"exc_info", "_record"})
 #: structlog's ProcessorFormatter reads (and deletes) these after the chain.
 _META_KEYS = ("_record", "_from_structlog")
+#: Top-level key states besides those of ``PIIRedactor._states``: a key of
+#: ``_KIT_KEYS`` (a string value left alone) or of ``_PASS_KEYS`` (left alone).
+_OWN: Any = object()
+_PASS: Any = object()
 
 
 class PIIRedactor:
@@ -69,7 +99,9 @@ class PIIRedactor:
     changes, and the caller's objects are never mutated.
     """
 
-    __slots__ = ("_keys", "_scrub", "_states", "_text", "_texts", "replacement", "scrubber")
+    __slots__ = (
+        "_keys", "_scrub", "_states", "_text", "_texts", "_top_states", "replacement", "scrubber"
+    )  # fmt: skip
 
     _KEY_CACHE_LIMIT = 4096
 
@@ -85,6 +117,8 @@ class PIIRedactor:
         #: key -> False (shown as is), True (its value redacted) or, for a key
         #: to be shown otherwise (scrubbed, decoded), (shown key, redacted?)
         self._states: dict[object, Any] = {}
+        #: the same for the event's own keys, plus _OWN and _PASS
+        self._top_states: dict[object, Any] = {}
         self._scrub = self.scrubber.text
         # short strings' answers, remembered by the scrubber: read inline below
         self._texts = self.scrubber.texts
@@ -92,10 +126,53 @@ class PIIRedactor:
         self.replacement = replacement
 
     def __call__(self, logger: object, method_name: str, event_dict: Any) -> Any:
+        # structlog hands each processor a dict of its own making, so the top
+        # level is redacted in place; nested values are the caller's and are
+        # copied on write. This loop is the hot path of every log line: the
+        # commonest cases come first, and dicts and lists skip _value's dispatch.
+        states = self._top_states
+        texts = self._texts
+        renamed = None
         try:
-            return self._redact(event_dict)
+            for key, value in event_dict.items():
+                try:
+                    state = states[key]
+                except KeyError:
+                    state = self._top_state(key)
+                if state is False:
+                    kind = type(value)
+                    if kind is str:
+                        hit = texts.get(value)
+                        if hit is None:
+                            event_dict[key] = self._text(value)
+                        elif hit is not SAME:
+                            event_dict[key] = hit
+                    elif kind in _PLAIN:
+                        pass
+                    elif kind is float:
+                        if value - value:  # NaN for a NaN and for both infinities
+                            ENCODERS_DIFFER.seen = True
+                    elif kind is dict:
+                        event_dict[key] = self._mapping(value, 1)
+                    elif kind is list:
+                        event_dict[key] = self._sequence(value, 1)
+                    else:
+                        event_dict[key] = self._value(value, 1)
+                elif state is _OWN:
+                    if type(value) is not str:
+                        event_dict[key] = self._value(value, 1)
+                elif state is True:
+                    event_dict[key] = self.replacement
+                elif state is not _PASS:  # a key itself scrubbed (a URL with a password, say)
+                    renamed = [*(renamed or ()), (key, state)]
+            for key, (shown, sensitive) in renamed or ():
+                value = event_dict.pop(key)
+                event_dict[_unique(event_dict, shown)] = (
+                    self.replacement if sensitive else self._value(value, 1)
+                )
         except Exception as error:  # noqa: BLE001 - never raise into a log call, never leak
             return self._fallback(event_dict, error)
+        return event_dict
 
     def _fallback(self, event_dict: Any, error: Exception) -> dict[str, Any]:
         """What is left of an event the redactor failed on: its scrubbed text,
@@ -114,37 +191,18 @@ class PIIRedactor:
         fallback["redaction_error"] = type(error).__name__
         return fallback
 
-    def _redact(self, event_dict: Any) -> Any:
-        # structlog hands each processor a dict of its own making, so the top
-        # level is redacted in place; nested values are the caller's and are
-        # copied on write. This loop is the hot path of every log line.
-        states = self._states
-        texts = self._texts
-        renamed = None
-        for key, value in event_dict.items():
-            state = states.get(key)
-            if state is None:
-                state = self._key_state(key)
-            if state is False:
-                if type(value) is str:
-                    if key not in _KIT_KEYS:
-                        hit = texts.get(value)
-                        if hit is None:
-                            event_dict[key] = self._text(value)
-                        elif hit is not SAME:
-                            event_dict[key] = hit
-                elif type(value) not in _PLAIN and key not in _PASS_KEYS:
-                    event_dict[key] = self._value(value, 1)
-            elif state is True:
-                event_dict[key] = self.replacement
-            else:  # a key that is itself scrubbed (a URL with a password, say)
-                renamed = [*(renamed or ()), (key, state)]
-        for key, (shown, sensitive) in renamed or ():
-            value = event_dict.pop(key)
-            event_dict[_unique(event_dict, shown)] = (
-                self.replacement if sensitive else self._value(value, 1)
-            )
-        return event_dict
+    def _top_state(self, key: object) -> Any:
+        """How the event's own ``key`` is shown: see ``_top_states``."""
+        state = self._key_state(key)
+        if state is False and key in _KIT_KEYS:
+            state = _OWN
+        elif state is False and key in _PASS_KEYS:
+            state = _PASS
+        if type(key) is str:  # structlog's keys are; a stdlib record's extras may not be
+            if len(self._top_states) >= self._KEY_CACHE_LIMIT:
+                self._top_states.clear()
+            self._top_states[key] = state
+        return state
 
     def _key_state(self, key: object) -> Any:
         """How ``key`` is shown: see ``_states``."""
@@ -172,6 +230,10 @@ class PIIRedactor:
             return value if hit is SAME else hit
         if kind in _PLAIN:
             return value
+        if kind is float:
+            if value - value:  # NaN for a NaN and for both infinities
+                ENCODERS_DIFFER.seen = True
+            return value
         if depth > _MAX_DEPTH:
             return "[TOO DEEP]"
         # Exact-type checks first: ABC isinstance checks cost more than the walk.
@@ -184,10 +246,14 @@ class PIIRedactor:
         if kind is list or kind is tuple:
             return self._sequence(value, depth)
         if kind in _KEPT:  # their repr holds no text of anyone's choosing
+            if kind is uuid.UUID:
+                ENCODERS_DIFFER.seen = True
             return value
         if isinstance(value, str):  # a str subclass
             return self._scrub(str(value))
         if isinstance(value, int | float):
+            if isinstance(value, float) and not math.isfinite(value):
+                ENCODERS_DIFFER.seen = True
             return value
         if isinstance(value, bytes | bytearray):
             return self._scrub(bytes(value).decode("utf-8", "backslashreplace"))
@@ -214,7 +280,11 @@ class PIIRedactor:
             # kept when their repr (what the renderers print) holds no secret
             text = safe_repr(value)
             scrubbed = self._scrub(text)
-            return value if scrubbed is text else scrubbed
+            if scrubbed is not text:
+                return scrubbed
+            if isinstance(value, enum.Enum):
+                ENCODERS_DIFFER.seen = True
+            return value
         if dataclasses.is_dataclass(value) and not isinstance(value, type):
             fields = {
                 f.name: getattr(value, f.name, "<unset>")  # field(init=False), never set
@@ -230,12 +300,24 @@ class PIIRedactor:
         return self._scrub(safe_repr(value))
 
     def _sequence(self, value: list[Any] | tuple[Any, ...], depth: int) -> Any:
-        out: list[Any] | None = None
         texts = self._texts
-        for index, item in enumerate(value):
+        for item in value:  # the usual case: nothing to change, so no index, no copy
             kind = type(item)
-            if kind in _PLAIN or (kind is str and texts.get(item) is SAME):
+            if kind is str:
+                if texts.get(item) is SAME:
+                    continue
+            elif kind is float:
+                if item - item:  # NaN for a NaN and for both infinities
+                    ENCODERS_DIFFER.seen = True
                 continue
+            elif kind in _PLAIN:
+                continue
+            return self._sequence_copied(value, depth)
+        return value
+
+    def _sequence_copied(self, value: list[Any] | tuple[Any, ...], depth: int) -> Any:
+        out: list[Any] | None = None
+        for index, item in enumerate(value):
             new = self._value(item, depth + 1)
             if new is not item:
                 if out is None:
@@ -248,6 +330,28 @@ class PIIRedactor:
     def _mapping(
         self, value: Mapping[Any, Any], depth: int, *, force_copy: bool = False
     ) -> Mapping[Any, Any]:
+        if not force_copy:  # the usual case: known keys, nothing to change
+            states = self._states
+            texts = self._texts
+            for key, item in value.items():
+                if states.get(key) is not False:
+                    break
+                kind = type(item)
+                if kind is str:
+                    if texts.get(item) is not SAME:
+                        break
+                elif kind is float:
+                    if item - item:  # NaN for a NaN and for both infinities
+                        ENCODERS_DIFFER.seen = True
+                elif kind not in _PLAIN:
+                    break
+            else:
+                return value
+        return self._mapping_copied(value, depth, force_copy)
+
+    def _mapping_copied(
+        self, value: Mapping[Any, Any], depth: int, force_copy: bool
+    ) -> Mapping[Any, Any]:
         out: dict[Any, Any] | None = None
         states = self._states
         texts = self._texts
@@ -257,7 +361,14 @@ class PIIRedactor:
                 state = self._key_state(key)
             if state is False:
                 shown = key
-                if (kind := type(item)) in _PLAIN or (kind is str and texts.get(item) is SAME):
+                kind = type(item)
+                if kind is str:
+                    new = item if texts.get(item) is SAME else self._value(item, depth + 1)
+                elif kind is float:
+                    if item - item:  # NaN for a NaN and for both infinities
+                        ENCODERS_DIFFER.seen = True
+                    new = item
+                elif kind in _PLAIN:
                     new = item
                 else:
                     new = self._value(item, depth + 1)

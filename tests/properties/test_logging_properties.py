@@ -170,6 +170,7 @@ class TestPlantedSecrets:
     that name no secret, at any depth: none survives, in the event or the line."""
 
     @given(plants=st.lists(planted(), min_size=1, max_size=4))
+    @pytest.mark.usefixtures("json_encoder")
     def test_no_planted_secret_survives(self, plants: list[tuple[Any, str]]) -> None:
         event = {
             f"{SAFE_KEYS[i % len(SAFE_KEYS)]}{i}": value for i, (value, _) in enumerate(plants)
@@ -193,6 +194,7 @@ class TestProperty14:
         request_id=st.text(string.ascii_letters + string.digits + "-_.", min_size=1, max_size=64),
         messages=st.lists(st.text(max_size=10), min_size=1, max_size=5),
     )
+    @pytest.mark.usefixtures("json_encoder")
     def test_every_event_in_context_has_the_request_id(
         self, request_id: str, messages: list[str]
     ) -> None:

@@ -24,6 +24,9 @@ from infrakit.logging import (
     set_request_id,
 )
 
+# every test here runs with orjson and with the stdlib encoder
+pytestmark = pytest.mark.usefixtures("json_encoder")
+
 
 def lines(stream: io.StringIO) -> list[dict[str, Any]]:
     return [json.loads(line) for line in stream.getvalue().splitlines() if line.strip()]
@@ -118,12 +121,15 @@ class TestTimestamper:
         from infrakit.logging.config import UTCTimestamper
 
         stamper = UTCTimestamper()
-        for now in (1_700_000_000.123456, 1_700_000_000.999999, 1_700_000_001.0, 1_800_000_123.5):
-            monkeypatch.setattr(time, "time", lambda now=now: now)
+        for ns in (
+            1_700_000_000_123_456_789, 1_700_000_000_999_999_999, 1_700_000_001_000_000_000,
+            1_800_000_123_500_000_000, 1_700_000_000_000_000_999,
+        ):  # fmt: skip
+            monkeypatch.setattr(time, "time_ns", lambda ns=ns: ns)
             got = stamper(None, "info", {})["timestamp"]
-            want = datetime.fromtimestamp(now, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-            assert got[:20] == want[:20]
-            assert abs(int(got[20:26]) - int(want[20:26])) <= 1
+            second, rest = divmod(ns, 10**9)
+            want = datetime.fromtimestamp(second, UTC).replace(microsecond=rest // 1000)
+            assert got == want.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class TestStdlib:

@@ -203,6 +203,7 @@ class TestRedactor:
         out = self.redact({"m": {"redis://:a@h": 1, "redis://:b@h": 2}})
         assert out["m"] == {"redis://:***@h": 1, "redis://:***@h (2)": 2}
 
+    @pytest.mark.usefixtures("json_encoder")
     def test_keys_in_the_rendered_line(self) -> None:
         stream = io.StringIO()
         configure_logging("INFO", "json", stream=stream)
@@ -246,6 +247,7 @@ class TestRedactor:
         assert out["conn"] == {"url": "redis://:***@cache:6379/0", "password": REDACTED}
         assert out["hooks"] == [out["conn"]]
 
+    @pytest.mark.usefixtures("json_encoder")
     def test_in_captured_logs_and_in_the_line(self) -> None:
         from infrakit.testing import capture_logs
 
@@ -310,6 +312,7 @@ class BrokenMapping(Mapping[str, str]):
         return "BrokenMapping(password='Kq9hunter2')"
 
 
+@pytest.mark.usefixtures("json_encoder")
 class TestNothingLeaksWhenRedactionFails:
     """A value the redactor cannot walk, and a record the handler cannot
     write: neither the output nor stderr shows the raw values."""

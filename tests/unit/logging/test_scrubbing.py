@@ -35,8 +35,9 @@ R = "[REDACTED]"
 
 
 @pytest.fixture
-def lines() -> Iterator[Any]:
-    """``lines(**configure_logging options)`` -> a callable returning the JSON lines so far."""
+def lines(json_encoder: str) -> Iterator[Any]:
+    """``lines(**configure_logging options)`` -> a callable returning the JSON lines so
+    far (each test using it runs with orjson and with the stdlib encoder)."""
     out = io.StringIO()
 
     def configure(**options: Any) -> Any:
@@ -251,6 +252,7 @@ POSITIONS = [
 ]  # fmt: skip
 
 
+@pytest.mark.usefixtures("json_encoder")
 class TestKeyMatrix:
     """Every Sentry denylist key, in ten spellings and seven positions: 0 leaks."""
 
@@ -350,6 +352,7 @@ def _connect(password: str) -> None:
     raise ConnectionError("could not connect")
 
 
+@pytest.mark.usefixtures("json_encoder")
 class TestTracebackLocals:
     """traceback_locals: true, in both formats: what each local may show."""
 
