@@ -6,12 +6,16 @@ import fnmatch
 import os
 import random
 import re
+import threading
 import time
+import weakref
+from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping
 from typing import Any
 
 from opentelemetry import context as otel_context
 from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, Observation
 from opentelemetry.propagate import extract
 from opentelemetry.trace import SpanKind, Status, StatusCode
 
@@ -152,7 +156,7 @@ class TracingMiddleware:
         self.app = app
         self._telemetry = telemetry
         self._excluded = compile_excluded(excluded_paths)
-        self._instruments: tuple[Any, Any, Any] | None = None
+        self._instruments: tuple[TelemetryProvider, _HttpInstruments] | None = None
         self._methods = _resolve_methods(known_methods)
         self._captured = tuple(dict.fromkeys(h.strip().lower() for h in capture_request_headers))
         self._trusted_proxy = trusted_proxy
@@ -163,23 +167,11 @@ class TracingMiddleware:
             provider if provider is not None and provider.enabled and provider.initialized else None
         )
 
-    def _metrics(self, provider: TelemetryProvider) -> tuple[Any, Any, Any]:
+    def _metrics(self, provider: TelemetryProvider) -> _HttpInstruments:
         cached = self._instruments
         if cached is None or cached[0] is not provider:
-            meter = provider.meter
-            duration = meter.create_histogram(
-                "http.server.request.duration",
-                unit="s",
-                description="Duration of HTTP server requests.",
-                explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
-            )
-            active = meter.create_up_down_counter(
-                "http.server.active_requests",
-                unit="{request}",
-                description="Number of active HTTP server requests.",
-            )
-            cached = self._instruments = (provider, duration, active)
-        return cached
+            cached = self._instruments = (provider, _http_instruments(provider))
+        return cached[1]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -216,7 +208,8 @@ class TracingMiddleware:
         headers: _Headers,
         request_id: str,
     ) -> None:
-        _, duration, active = self._metrics(provider)
+        instruments = self._metrics(provider)
+        duration, in_flight = instruments.duration, instruments.in_flight
         raw_method = scope.get("method", "GET")
         method = raw_method if raw_method in self._methods else "_OTHER"
         root_path = scope.get("root_path", "")
@@ -233,8 +226,8 @@ class TracingMiddleware:
         span = provider.tracer.start_span(
             span_method, context=parent, kind=SpanKind.SERVER, attributes=attributes
         )
-        active_attrs = {"http.request.method": method, "url.scheme": scheme}
-        active.add(1, active_attrs)
+        active_key = (method, scheme)
+        in_flight[active_key] += 1
         status_code: int | None = None
         started = time.perf_counter()
         context_token = otel_context.attach(trace.set_span_in_context(span, parent))
@@ -284,7 +277,60 @@ class TracingMiddleware:
                 span.set_status(Status(StatusCode.ERROR))
             span.end()
             duration.record(elapsed, metric_attrs)
-            active.add(-1, active_attrs)
+            in_flight[active_key] -= 1
+
+
+class _HttpInstruments:
+    """A provider's HTTP server instruments, shared by every middleware on it.
+
+    ``http.server.active_requests`` is observed: requests in flight are
+    counted in a plain dict (by method and scheme) and read when the metrics
+    are collected. The same non-monotonic sum as an up-down counter's, without
+    two passes through the SDK's measurement path on every request (about
+    16 µs of a request's ~70 µs of telemetry).
+    """
+
+    __slots__ = ("__weakref__", "duration", "in_flight")
+
+    def __init__(self, provider: TelemetryProvider) -> None:
+        meter = provider.meter
+        self.in_flight: defaultdict[tuple[str, str], int] = defaultdict(int)
+        self.duration = meter.create_histogram(
+            "http.server.request.duration",
+            unit="s",
+            description="Duration of HTTP server requests.",
+            explicit_bucket_boundaries_advisory=list(_DURATION_BUCKETS),
+        )
+        meter.create_observable_up_down_counter(
+            "http.server.active_requests",
+            callbacks=[self._observe],
+            unit="{request}",
+            description="Number of active HTTP server requests.",
+        )
+
+    def _observe(self, options: CallbackOptions) -> list[Observation]:
+        # list() copies the items in one step under the GIL: the event loop's
+        # thread may add a key meanwhile
+        return [
+            Observation(count, {"http.request.method": method, "url.scheme": scheme})
+            for (method, scheme), count in list(self.in_flight.items())
+        ]
+
+
+_instruments_lock = threading.Lock()
+_instruments: weakref.WeakKeyDictionary[TelemetryProvider, _HttpInstruments] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _http_instruments(provider: TelemetryProvider) -> _HttpInstruments:
+    """``provider``'s instruments, made once (an observable instrument made
+    twice under one name would keep only the first callback)."""
+    with _instruments_lock:
+        made = _instruments.get(provider)
+        if made is None:
+            made = _instruments[provider] = _HttpInstruments(provider)
+        return made
 
 
 def _request_attributes(

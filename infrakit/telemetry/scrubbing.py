@@ -94,10 +94,11 @@ class ScrubbingSpanExporter(SpanExporter):
         # TracingMiddleware read it off the routing table; another
         # instrumentation may put a raw path there.
         own = _is_own_server_span(span)
-        route = (span.attributes or {}).get(_ROUTE) if own else None
+        span_attributes = _attributes_of(span)
+        route = span_attributes.get(_ROUTE) if own else None
         if not (isinstance(route, str) and _is_route_name(name, route)):
             name = text(name)
-        attributes = self.attributes(span.attributes, keep_route=own)
+        attributes = self.attributes(span_attributes, keep_route=own)
         events = span.events
         new_events = []
         for event in events:
@@ -149,9 +150,13 @@ class ScrubbingSpanExporter(SpanExporter):
             return None
         scrubber = self._scrubber
         keys, texts = scrubber.keys, scrubber.texts
+        known = keys.cache  # the matcher's answers, read without a call per key
         out: dict[str, Any] | None = None
         for key, value in attributes.items():
-            if keys(key):
+            secret = known.get(key)
+            if secret is None:
+                secret = keys(key)
+            if secret:
                 new: Any = scrubber.replacement
             elif key == _ROUTE and keep_route:
                 continue
@@ -184,6 +189,18 @@ class ScrubbingSpanExporter(SpanExporter):
         else:
             return scrubber.cached_text(value)
         return value if masked == value else masked
+
+
+def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
+    """A finished span's attributes, read-only. ``span.attributes`` is a new
+    ``MappingProxyType`` over the SDK's ``BoundedAttributes``, a
+    ``MutableMapping`` whose ``items()`` runs the ABC's Python-level iterator
+    and ``__getitem__`` per key (a third of a span's scrubbing): the SDK's dict
+    under it is read when there is one. Nothing here writes to it."""
+    inner = getattr(getattr(span, "_attributes", None), "_dict", None)
+    if isinstance(inner, dict):
+        return inner
+    return span.attributes or {}
 
 
 def _is_own_server_span(span: ReadableSpan) -> bool:

@@ -297,6 +297,47 @@ class TestExclusionAndMetrics:
         active = memory_telemetry.metrics()["http.server.active_requests"]
         assert all(p.value == 0 for _, p in active)
 
+    async def test_active_requests_while_in_flight(
+        self, memory_telemetry: TelemetryProvider
+    ) -> None:
+        """Requests in flight are counted by method and scheme, across every
+        middleware on the provider, and read when the metrics are collected."""
+        entered, release = asyncio.Event(), asyncio.Event()
+        holding = 0
+
+        async def slow(request: Any) -> Response:
+            nonlocal holding
+            holding += 1
+            if holding == 3:
+                entered.set()
+            await release.wait()
+            return PlainTextResponse("done")
+
+        def app_with_slow_route() -> Any:
+            return TracingMiddleware(
+                Starlette(routes=[Route("/slow", slow, methods=["GET", "POST"])])
+            )
+
+        first, second = app_with_slow_route(), app_with_slow_route()
+
+        def active() -> dict[tuple[str, str], int]:
+            points = memory_telemetry.metrics()["http.server.active_requests"]
+            return {
+                (a["http.request.method"], a["url.scheme"]): p.value for a, p in points if p.value
+            }
+
+        async with client(first) as a, client(second) as b:
+            calls = [
+                asyncio.create_task(a.get("/slow")),
+                asyncio.create_task(b.get("/slow")),
+                asyncio.create_task(b.post("/slow")),
+            ]
+            await asyncio.wait_for(entered.wait(), 60)
+            assert active() == {("GET", "http"): 2, ("POST", "http"): 1}
+            release.set()
+            assert [r.status_code for r in await asyncio.gather(*calls)] == [200, 200, 200]
+        assert active() == {}
+
     async def test_websocket_and_lifespan_pass_through(
         self, memory_telemetry: TelemetryProvider
     ) -> None:
