@@ -259,22 +259,24 @@ class TracingMiddleware:
             metric_attrs: dict[str, Any] = {"http.request.method": method, "url.scheme": scheme}
             if "network.protocol.version" in attributes:
                 metric_attrs["network.protocol.version"] = attributes["network.protocol.version"]
+            # what is known at the end, set on the span in one call (the SDK
+            # takes its lock and validates per call)
+            ended: dict[str, Any] = {}
             if route is not None:
-                span.set_attribute("http.route", route)
-                metric_attrs["http.route"] = route
+                ended["http.route"] = metric_attrs["http.route"] = route
                 span.update_name(f"{span_method} {route}")
             if status_code is not None:
-                span.set_attribute("http.response.status_code", status_code)
+                ended["http.response.status_code"] = status_code
                 metric_attrs["http.response.status_code"] = status_code
             if error is not None and not _is_cancel(error):
                 span.record_exception(error)
-                span.set_attribute("error.type", type(error).__qualname__)
-                metric_attrs["error.type"] = type(error).__qualname__
+                ended["error.type"] = metric_attrs["error.type"] = type(error).__qualname__
                 span.set_status(Status(StatusCode.ERROR, f"{type(error).__name__}: {error}"))
             elif status_code is not None and (status_code >= 500 or not 100 <= status_code <= 599):
-                span.set_attribute("error.type", str(status_code))
-                metric_attrs["error.type"] = str(status_code)
+                ended["error.type"] = metric_attrs["error.type"] = str(status_code)
                 span.set_status(Status(StatusCode.ERROR))
+            if ended:
+                span.set_attributes(ended)
             span.end()
             duration.record(elapsed, metric_attrs)
             in_flight[active_key] -= 1
