@@ -46,6 +46,7 @@ _SPECIAL = _QUERY_KEYS | _TARGET_KEYS | _URL_KEYS | _SQL_KEYS
 #: A route template comes from the application's routing table, not from the
 #: request: ``/status/{code:int}`` is code, and ``code:int`` is no name=value pair.
 _ROUTE = "http.route"
+_SCALARS = frozenset({int, float, bool, type(None)})
 
 # String literals ('...' with '' escapes, E'...' too), dollar-quoted bodies,
 # and numbers standing alone: what a statement would otherwise carry inline.
@@ -99,7 +100,7 @@ class ScrubbingSpanExporter(SpanExporter):
         if not (isinstance(route, str) and _is_route_name(name, route)):
             name = text(name)
         attributes = self.attributes(span_attributes, keep_route=own)
-        events = span.events
+        events: Sequence[Event] = span.events if _has(span, "_events") else ()
         new_events = []
         for event in events:
             event_name = text(event.name)
@@ -110,7 +111,7 @@ class ScrubbingSpanExporter(SpanExporter):
                 new_events.append(
                     Event(event_name, event_attributes or event.attributes, event.timestamp)
                 )
-        links = span.links
+        links: Sequence[Link] = span.links if _has(span, "_links") else ()
         new_links = [
             link if (a := self.attributes(link.attributes)) is None else Link(link.context, a)
             for link in links
@@ -164,6 +165,8 @@ class ScrubbingSpanExporter(SpanExporter):
                 if key not in _SPECIAL and texts.get(value) is SAME:
                     continue
                 new = self._string(key, value)
+            elif type(value) in _SCALARS:  # before the ABC check below
+                continue
             elif isinstance(value, Sequence) and not isinstance(value, str | bytes):
                 items = tuple(self._string(key, v) if isinstance(v, str) else v for v in value)
                 new = value if all(a is b for a, b in zip(items, value, strict=True)) else items
@@ -201,6 +204,14 @@ def _attributes_of(span: ReadableSpan) -> Mapping[str, Any]:
     if isinstance(inner, dict):
         return inner
     return span.attributes or {}
+
+
+def _has(span: ReadableSpan, name: str) -> bool:
+    """Whether the span may have events or links (``name``: the SDK's private
+    list): the public property copies that ``BoundedList`` into a new tuple
+    through its Python-level iterator, and most spans have neither."""
+    inner = getattr(span, name, None)
+    return inner is None or len(inner) > 0
 
 
 def _is_own_server_span(span: ReadableSpan) -> bool:

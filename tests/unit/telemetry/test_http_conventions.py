@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from opentelemetry.trace import SpanKind, StatusCode
+from opentelemetry.trace import Link, SpanKind, StatusCode
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Mount, Route
@@ -350,3 +350,28 @@ class TestRouteTemplatesAreNotScrubbed:
         name, attributes = self.spans(f"GET {raw}", raw, kind=kind, scope=scope)
         assert "s3cr3t-value" not in name
         assert "s3cr3t-value" not in attributes["http.route"]
+
+
+class TestEventsAndLinksAreScrubbed:
+    """The span scrubber's fast path (no events, no links: nothing copied)
+    still reads events and links when a span has them."""
+
+    def test_event_and_link_attributes(self) -> None:
+        telemetry = TelemetryProvider(TelemetrySettings(exporter="memory"), ServiceSettings())
+        telemetry.initialize()
+        try:
+            with telemetry.tracer.start_as_current_span("linked") as first:
+                pass
+            link = Link(first.get_span_context(), {"note": "token=l1nk-s3cret"})
+            with telemetry.tracer.start_as_current_span("work", links=[link]) as span:
+                span.add_event("login", {"body": "password=ev3nt-s3cret"})
+            plain, scrubbed = telemetry.finished_spans()
+        finally:
+            telemetry.shutdown()
+        assert plain.events == ()
+        assert plain.links == ()
+        (event,) = scrubbed.events
+        (kept_link,) = scrubbed.links
+        assert "ev3nt-s3cret" not in str(dict(event.attributes or {}))
+        assert "l1nk-s3cret" not in str(dict(kept_link.attributes or {}))
+        assert event.name == "login"
