@@ -38,6 +38,7 @@ import hashlib
 import hmac
 import json
 import os
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -46,7 +47,7 @@ from typing import Any
 
 import structlog
 
-from infrakit.errors import AuditError
+from infrakit.errors import AuditError, InfrastructureError
 from infrakit.settings.models import MIN_SIGNING_KEY_LENGTH, AuditSettings
 
 __all__ = [
@@ -326,6 +327,7 @@ class Checkpointer:
         self._head = head
         self.policy = policy
         self._since = 0  # entries written since the last checkpoint
+        self._count_lock = threading.Lock()  # note() runs on any thread
         self._last: Checkpoint | None = None
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[Checkpoint | None] | None = None
@@ -372,22 +374,35 @@ class Checkpointer:
     def note(self, count: int) -> None:
         """``count`` entries were committed; start a checkpoint when ``every`` is reached.
 
-        Called from another event loop than the one the logger started on (a
-        write from a thread of its own), the count is handed to that loop: the
-        checkpoint task and its lock belong to it.
+        Never waits, never raises. The count is taken at once, on whatever
+        thread or loop the write ran. The checkpoint task is made on the loop
+        the logger started on while that loop runs (the task and its lock
+        belong to it; a thread's own loop may end before the task could
+        write), else on the loop of this call.
         """
+        with self._count_lock:
+            self._since += count
+            due = self.policy.every and self._since >= self.policy.every
+        if not due:
+            return
+        try:
+            running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
         owner = self._loop
-        if owner is not None and not owner.is_closed():
+        if owner is not None and owner is not running and owner.is_running():
             try:
-                running = asyncio.get_running_loop()
-            except RuntimeError:
-                running = None
-            if running is not owner:
-                owner.call_soon_threadsafe(self.note, count)
+                owner.call_soon_threadsafe(self._start)
+            except RuntimeError:  # closed in the meantime: this loop, if any
+                pass
+            else:
                 return
-        self._since += count
-        every = self.policy.every
-        if every and self._since >= every and (self._task is None or self._task.done()):
+        if running is not None:
+            self._start()
+
+    def _start(self) -> None:
+        """Start a checkpoint task on the running loop, unless one is at work."""
+        if self._task is None or self._task.done():
             self._task = asyncio.get_running_loop().create_task(self._background())
 
     async def _tick(self) -> None:
@@ -402,10 +417,13 @@ class Checkpointer:
         except Exception as error:  # noqa: BLE001 - the entries are stored; only their
             # checkpoint is late (the next one covers them), and a task's error
             # would otherwise only reach "Task exception was never retrieved"
+            expected = isinstance(error, InfrastructureError | OSError)
             _log.warning(
                 "infrakit.audit.checkpoint_failed",
                 error=type(error).__name__,
                 file=str(self.policy.file) if self.policy.file else None,
+                # a bug, not an outage: its (scrubbed) traceback
+                exc_info=None if expected else error,
             )
             return None
 
@@ -415,17 +433,20 @@ class Checkpointer:
         Raises what reading the head or writing the file raised.
         """
         async with self._lock:
-            pending = self._since
+            with self._count_lock:
+                pending = self._since
             head = await self._head()
             if head is None:
-                self._since -= pending
+                with self._count_lock:
+                    self._since -= pending
                 return None
             checkpoint = Checkpoint.sign(self._key, head)
             line = checkpoint.to_json()
             if self.policy.file is not None:
                 await asyncio.to_thread(_append_line, self.policy.file, line)
             _log.info(CHECKPOINT_EVENT, **checkpoint.to_dict())
-            self._since -= pending
+            with self._count_lock:
+                self._since -= pending
             self._last = checkpoint
             return checkpoint
 

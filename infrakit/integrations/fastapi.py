@@ -167,7 +167,9 @@ def health_routes(app: Any, *, prefix: str = "/health", timeout_s: float = 2.0) 
         path) instead of Starlette's route-path computation and regex."""
 
         def matches(self, scope: Any) -> tuple[Match, MutableMapping[str, Any]]:
-            if self.path not in scope.get("path", ""):
+            # the literal text after the last parameter of the path (all of
+            # it, for "/health/live") is in any path this route matches
+            if self.path.rpartition("}")[2] not in scope.get("path", ""):
                 return Match.NONE, {}
             return super().matches(scope)
 

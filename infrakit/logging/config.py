@@ -409,19 +409,22 @@ class _OrjsonRenderer:
 
 
 def _escape_line_breaks(line: bytes) -> bytes:
-    """``line`` with U+0085, U+2028 and U+2029 as ``\\u`` escapes: JSON allows
-    them raw, orjson writes them raw, and ``str.splitlines()`` (and editors)
-    would end the line there. Their UTF-8 bytes cannot occur inside another
-    character's, so a bytes replace is exact."""
-    for raw, escaped in _LINE_BREAKS:
-        if raw in line:
-            line = line.replace(raw, escaped)
-    return line
+    """``line`` with the characters that can fool a reader of the log as
+    ``\\u`` escapes, as the stdlib encoder (ASCII only) writes every non-ASCII
+    one: U+2028, U+2029 and the C1 controls (U+0085 among them), where
+    ``str.splitlines()`` and terminals end a line or run a control sequence,
+    and the bidirectional overrides and isolates, which reorder what a
+    terminal or an editor shows. JSON allows them raw and orjson writes them
+    raw. Only lines with non-ASCII bytes get here."""
+    text = line.decode()
+    escaped = text.translate(_SPOOFING)
+    return line if len(escaped) == len(text) else escaped.encode()
 
 
-_LINE_BREAKS = tuple(
-    (char.encode(), f"\\u{ord(char):04x}".encode()) for char in ("\u0085", "\u2028", "\u2029")
-)
+_SPOOFING = {
+    code: f"\\u{code:04x}"
+    for code in (*range(0x80, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
 
 
 def _json_renderers(default: Callable[[object], object]) -> tuple[Processor, Processor]:

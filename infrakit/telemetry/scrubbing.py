@@ -47,6 +47,7 @@ _SPECIAL = _QUERY_KEYS | _TARGET_KEYS | _URL_KEYS | _SQL_KEYS
 #: request: ``/status/{code:int}`` is code, and ``code:int`` is no name=value pair.
 _ROUTE = "http.route"
 _SCALARS = frozenset({int, float, bool, type(None)})
+_PLACEHOLDER = re.compile(r"\{[^{}]*\}")
 
 # String literals ('...' with '' escapes, E'...' too), dollar-quoted bodies,
 # and numbers standing alone: what a statement would otherwise carry inline.
@@ -94,12 +95,12 @@ class ScrubbingSpanExporter(SpanExporter):
         # The route template is kept only on the kit's own server spans, where
         # TracingMiddleware read it off the routing table; another
         # instrumentation may put a raw path there.
-        own = _is_own_server_span(span)
         span_attributes = _attributes_of(span)
-        route = span_attributes.get(_ROUTE) if own else None
-        if not (isinstance(route, str) and _is_route_name(name, route)):
+        route = span_attributes.get(_ROUTE) if _is_own_server_span(span) else None
+        keep_route = isinstance(route, str) and self._is_template(route)
+        if not (keep_route and _is_route_name(name, str(route))):
             name = text(name)
-        attributes = self.attributes(span_attributes, keep_route=own)
+        attributes = self.attributes(span_attributes, keep_route=keep_route)
         events: Sequence[Event] = span.events if _has(span, "_events") else ()
         new_events = []
         for event in events:
@@ -177,6 +178,15 @@ class ScrubbingSpanExporter(SpanExporter):
                     out = dict(attributes)
                 out[key] = new
         return out
+
+    def _is_template(self, route: str) -> bool:
+        """A route template whose text outside the ``{...}`` placeholders the
+        scrubber would leave as it is: kept whole (a placeholder's converter,
+        ``{code:int}``, reads like a name=value pair to the text rules). A
+        mount's part of the route is the request's text with parameter values
+        put back as placeholders; anything else there is read like any string."""
+        bare = _PLACEHOLDER.sub("", route)
+        return self._scrubber.cached_text(bare) == bare
 
     def _string(self, key: str, value: str) -> str:
         scrubber = self._scrubber

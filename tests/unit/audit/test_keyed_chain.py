@@ -188,6 +188,25 @@ class TestCheckpointer:
         await audit.aclose()
         assert (await audit.verify(checkpoints=load_checkpoints(str(path)))).ok
 
+    def test_started_on_a_loop_that_no_longer_runs(self, tmp_path: Path) -> None:
+        """Started on one loop (a fixture's), written on another: the loop it
+        started on is idle, so the checkpoint is made on the writer's."""
+        path = tmp_path / "cp.jsonl"
+        audit = InMemoryAuditLogger(keys=keyring(), checkpoints=CheckpointPolicy(1, 0, path))
+        fixture_loop = asyncio.new_event_loop()
+        try:
+            fixture_loop.run_until_complete(audit.start())
+
+            async def body() -> None:
+                await audit.log(entry(0))
+                await _wait_for(lambda: len(_lines(path)) == 1, "the checkpoint")
+                await audit.aclose()
+
+            asyncio.run(body())
+        finally:
+            fixture_loop.close()
+        assert [line["entry_id"] for line in _lines(path)] == ["e-00000"]
+
     async def test_no_key_no_checkpoint(self, database: DatabaseSession) -> None:
         audit = SqlAuditLogger(database)
         await audit.log(entry(0))

@@ -213,6 +213,31 @@ class TestHealthProbes:
         ready = await call(application, "GET", "/health/ready")
         assert (ready.status_code, ready.json()) == (503, {"status": "down"})
 
+    async def test_a_prefix_with_a_parameter_and_other_paths(self) -> None:
+        """The probes turn other paths away cheaply, and still answer under a
+        prefix with a path parameter (its text is never in a request path)."""
+        app = FastAPI()
+        install(app, "test", environ={}, health="/{tenant}/health")
+
+        @app.get("/{tenant}/health/other")
+        async def other(tenant: str) -> dict[str, str]:
+            return {"tenant": tenant}
+
+        async with app.router.lifespan_context(app):
+            live = await call(app, "GET", "/acme/health/live")
+            ready = await call(app, "GET", "/acme/health/ready")
+            mine = await call(app, "GET", "/acme/health/other")
+            slash = await call(app, "GET", "/acme/health/live/")
+        assert (live.status_code, live.json()) == (200, {"status": "up"})
+        assert ready.status_code == 200
+        assert (mine.status_code, mine.json()) == (200, {"tenant": "acme"})
+        # Starlette redirects a trailing slash to the route (the probe must
+        # not turn the slashed path away before the router tries that)
+        assert (slash.status_code, slash.headers.get("location", "")[-17:]) == (
+            307,
+            "/acme/health/live",
+        )
+
     async def test_another_prefix_or_none(self) -> None:
         moved, bare = FastAPI(), FastAPI()
         install(moved, "test", environ={}, health="/_probe")

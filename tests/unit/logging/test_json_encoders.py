@@ -111,6 +111,8 @@ CASES: dict[str, tuple[Any, str]] = {
     "strings": (["a", "", 'quote " and \\ backslash', "tab\tnew\nline"], "orjson"),
     "non-ASCII": (["é", "Ж", "✓", "日本", "🙂"], "orjson"),
     "line separators": ("a\u2028b\u2029c\x85d", "orjson"),
+    # a terminal's CSI (U+009B) and a right-to-left override (U+202E)
+    "spoofing characters": ("log\u202eabc\x9b2J\u2066x\u2069", "orjson"),
     "control characters": ("\x00\x1f\x7f", "orjson"),
     "numbers": ([0, -1, 2**63 - 1, -(2**63), 2**64 - 1, 0.1, -2.5e-300, 1e300], "orjson"),
     "plain values": ([None, True, False, [], {}], "orjson"),
@@ -153,6 +155,12 @@ def _encoder(line: str) -> str:
     return "json" if line.startswith('{"v": ') else "orjson"
 
 
+SPOOFING = {
+    chr(c)
+    for c in (*range(0x80, 0xA0), 0x2028, 0x2029, *range(0x202A, 0x202F), *range(0x2066, 0x206A))
+}
+
+
 class TestSameLine:
     """Every case: one line, the same keys and values, written by the expected encoder."""
 
@@ -162,6 +170,8 @@ class TestSameLine:
         stdlib = _line(value, with_orjson=False)
         assert fast.endswith("\n")
         assert len(fast.splitlines()) == 1  # U+2028 and friends escaped
+        # no C1 control, line separator or bidi control reaches the line raw
+        assert not set(fast) & SPOOFING
         assert _parsed(fast) == _parsed(stdlib)
         assert (_encoder(fast), _encoder(stdlib)) == (encoder, "json")
 

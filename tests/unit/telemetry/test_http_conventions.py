@@ -338,6 +338,12 @@ class TestRouteTemplatesAreNotScrubbed:
         name, _ = self.spans("login password=hunter2", None)
         assert "hunter2" not in name
 
+    def test_a_template_with_a_secret_outside_its_placeholders_is_scrubbed(self) -> None:
+        route = "/reset/password=s3cr3t-value/{token:str}"
+        name, attributes = self.spans(f"GET {route}", route)
+        assert "s3cr3t-value" not in name
+        assert "s3cr3t-value" not in attributes["http.route"]
+
     @pytest.mark.parametrize(
         ("kind", "scope"),
         [

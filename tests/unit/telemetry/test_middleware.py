@@ -11,6 +11,7 @@ from starlette.responses import JSONResponse, PlainTextResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
 
 from infrakit.logging import get_request_id
+from infrakit.settings.models import ServiceSettings, TelemetrySettings
 from infrakit.telemetry import TelemetryProvider, TracingMiddleware
 from infrakit.telemetry.middleware import compile_excluded
 from infrakit.testing import span_attributes
@@ -44,6 +45,7 @@ def make_app(telemetry: TelemetryProvider | None = None, **kwargs: Any) -> Any:
             Route("/metrics", lambda r: PlainTextResponse("m")),
             Route("/v1/health", lambda r: PlainTextResponse("ok")),
             Mount("/api", routes=[Route("/users/{uid}", item)]),
+            Mount("/tenants/{tenant}", routes=[Route("/items/{item_id}", item)]),
             WebSocketRoute("/ws", ws),
         ]
     )
@@ -80,6 +82,22 @@ class TestSpans:
             await c.get("/api/users/7")
         (span,) = memory_telemetry.finished_spans()
         assert span.name == "GET /api/users/{uid}"
+
+    @pytest.mark.parametrize(
+        "tenant", ["acme", "password=hunter2", "ann@example.com", "42", "items", "t", "tenants"]
+    )
+    async def test_a_mount_with_a_path_parameter(
+        self, memory_telemetry: TelemetryProvider, tenant: str
+    ) -> None:
+        """The mount's part of the route is the request's own text: its
+        parameter comes back as a placeholder, and its value (a secret, an
+        email) never reaches the span name or http.route."""
+        async with client(make_app()) as c:
+            response = await c.get(f"/tenants/{tenant}/items/3")
+        assert response.status_code == 200
+        (span,) = memory_telemetry.finished_spans()
+        assert span.name == "GET /tenants/{tenant}/items/{item_id}"
+        assert span_attributes(span)["http.route"] == "/tenants/{tenant}/items/{item_id}"
 
     async def test_unmatched_route_has_no_route(self, memory_telemetry: TelemetryProvider) -> None:
         async with client(make_app()) as c:
@@ -210,6 +228,7 @@ class TestPropagationAndRequestIds:
             ([(b"x-request-id", b"first"), (b"x-request-id", b"second")], "first"),
             ([(b"x-request-idx", b"nope"), (b"x-request-i", b"nope")], None),
             ([(b"x-request-id", b"has space")], None),
+            ([(b"x-request-id", b"abc\n")], None),  # "$" would have let it through
         ],
     )
     async def test_request_id_read_off_the_raw_headers(
@@ -296,6 +315,27 @@ class TestExclusionAndMetrics:
         assert points[("/status/{code:int}", 503)].count == 1
         active = memory_telemetry.metrics()["http.server.active_requests"]
         assert all(p.value == 0 for _, p in active)
+
+    async def test_metrics_after_the_provider_restarts(self) -> None:
+        """A provider shut down and initialized again has a new meter: the
+        middleware (and a new one) record through it, not the dead one."""
+        provider = TelemetryProvider(TelemetrySettings(exporter="memory"), ServiceSettings())
+        provider.initialize()
+        app = make_app(provider)
+        try:
+            async with client(app) as c:
+                await c.get("/items/1")
+            provider.shutdown()
+            provider.initialize()
+            async with client(app) as c, client(make_app(provider)) as d:
+                await c.get("/items/2")
+                await d.get("/items/3")
+            metrics = provider.metrics()
+            (point,) = [p for _, p in metrics["http.server.request.duration"]]
+            assert point.count == 2
+            assert "http.server.active_requests" in metrics
+        finally:
+            provider.shutdown()
 
     async def test_active_requests_while_in_flight(
         self, memory_telemetry: TelemetryProvider
