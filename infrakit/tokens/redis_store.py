@@ -416,6 +416,9 @@ class RedisTokenStore(TokenStore):
         # when many first commands initialise it at once.
         self._cluster_pending = False
         self._cluster_lock: asyncio.Lock | None = None
+        # is_revoked_many's script refused by the server's ACL (NOPERM): the
+        # pipeline of HGETs from then on
+        self._scripts_denied = False
         # fail_open bookkeeping: one warning per OUTAGE_WARNING_INTERVAL_S at most
         self._degraded = False
         self._permissive_answers = 0
@@ -802,7 +805,8 @@ class RedisTokenStore(TokenStore):
         if not keys:
             return []
         client = self.client
-        check = self._revoked_pipelined if self.cluster else self._revoked_scripted
+        scripted = not (self.cluster or self._scripts_denied)
+        check = self._revoked_scripted if scripted else self._revoked_pipelined
         try:
             return await self._call("checking tokens", functools.partial(check, client, keys))
         except TokenStoreError as error:
@@ -811,13 +815,21 @@ class RedisTokenStore(TokenStore):
 
     async def _revoked_scripted(self, client: Any, keys: list[str]) -> list[bool]:
         """The revoked flags of ``keys``, one ``_REVOKED_MANY`` script per chunk."""
+        from redis.exceptions import NoPermissionError
+
         script = self._scripts["revoked_many"]
         cancels = _cancel_requests()
         flags: list[bool] = []
         for start in range(0, len(keys), _MANY_CHUNK):
             _honour_cancel(cancels)  # stop between chunks, not after the last one
             chunk = keys[start : start + _MANY_CHUNK]
-            answer: str = await script(keys=chunk, client=client)
+            try:
+                answer: str = await script(keys=chunk, client=client)
+            except NoPermissionError:
+                # an ACL user that may read but not run scripts (a service
+                # that only checks tokens): one HGET each, from now on
+                self._scripts_denied = True
+                return flags + await self._revoked_pipelined(client, keys[start:])
             flags += [flag == "1" for flag in answer]
         return flags
 

@@ -257,6 +257,32 @@ class TestManyChecks:
         # three scripts, their reads and the two INFO calls of the second count
         assert after["total"] - before["total"] == 3 + 2500 + 2
 
+    async def test_a_user_who_may_not_run_scripts(self, stores: Stores, own_redis: Any) -> None:
+        """An ACL user that may read but not run scripts (a service that only
+        checks tokens) gets its answers from a pipeline of HGETs."""
+        admin = stores(own_redis.url)
+        await admin.store("kept", "u", soon())
+        await admin.store("gone", "u", soon())
+        await admin.revoke("gone")
+        raw = redis.Redis.from_url(own_redis.url)
+        try:
+            await raw.acl_setuser(
+                "checker",
+                enabled=True,
+                passwords=["+checker-pw"],
+                keys=["*"],
+                categories=["+@read", "+@connection", "-@scripting"],
+            )
+        finally:
+            await raw.aclose()
+        host_port = own_redis.url.split("://", 1)[1]
+        checker = stores(f"redis://checker:checker-pw@{host_port}")
+        jtis = ["gone", "kept", "never", *[f"x{n}" for n in range(1500)], "gone"]
+        expected = [True, False, False, *([False] * 1500), True]
+        assert await checker.is_revoked_many(jtis) == expected
+        assert await checker.is_revoked_many(["kept", "gone"]) == [False, True]
+        assert await admin.is_revoked_many(jtis) == expected  # the script, for the admin
+
     async def test_scripts_flushed_or_lost_are_loaded_again(
         self, stores: Stores, own_redis: Any
     ) -> None:
