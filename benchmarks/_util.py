@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 
 def time_command(argv: Sequence[str], env: Mapping[str, str] | None = None) -> float:
@@ -54,3 +55,25 @@ def verdict_at_least(name: str, ratio: float, floor: float) -> bool:
 
 
 PY = sys.executable
+
+#: One HTTP GET as an ASGI server hands it to an app (the middleware
+#: benchmarks call apps directly, with a copy of it per request).
+ASGI_SCOPE: dict[str, Any] = {
+    "type": "http",
+    "asgi": {"version": "3.0"},
+    "http_version": "1.1",
+    "method": "GET",
+    "scheme": "http",
+    "path": "/items/42",
+    "raw_path": b"/items/42",
+    "root_path": "",
+    "query_string": b"",
+    "headers": [(b"host", b"bench"), (b"user-agent", b"bench/1")],
+    "client": ("127.0.0.1", 50000),
+    "server": ("127.0.0.1", 8000),
+}
+
+
+async def asgi_receive() -> dict[str, Any]:
+    """The request's (empty) body, for ``ASGI_SCOPE``."""
+    return {"type": "http.request", "body": b"", "more_body": False}

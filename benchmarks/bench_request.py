@@ -31,7 +31,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Annotated, Any
 
-from _util import verdict
+from _util import ASGI_SCOPE, asgi_receive, verdict
 from fastapi import Depends, FastAPI, HTTPException, Request
 
 from infrakit.audit import InMemoryAuditLogger
@@ -122,26 +122,6 @@ def native_off(app: FastAPI) -> None:
         native.update(tracing=False, metrics=False, logs=False)
 
 
-SCOPE: dict[str, Any] = {
-    "type": "http",
-    "asgi": {"version": "3.0"},
-    "http_version": "1.1",
-    "method": "GET",
-    "scheme": "http",
-    "path": "/items/42",
-    "raw_path": b"/items/42",
-    "root_path": "",
-    "query_string": b"",
-    "headers": [(b"host", b"bench"), (b"user-agent", b"bench/1")],
-    "client": ("127.0.0.1", 50000),
-    "server": ("127.0.0.1", 8000),
-}
-
-
-async def _receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
 class _Recorder:
     """An ASGI ``send`` that keeps the last status (a benchmark of a 500 proves nothing)."""
 
@@ -156,7 +136,7 @@ async def per_request(app: Any, n: int) -> float:
     send = _Recorder()
     start = time.process_time()
     for _ in range(n):
-        await app(dict(SCOPE), _receive, send)
+        await app(dict(ASGI_SCOPE), asgi_receive, send)
     elapsed = (time.process_time() - start) / n
     if send.status != 200:
         raise RuntimeError(f"the benchmark route answered {send.status}, not 200")

@@ -25,7 +25,7 @@ import timeit
 from collections.abc import MutableMapping
 from typing import Any
 
-from _util import verdict
+from _util import ASGI_SCOPE, asgi_receive, verdict
 from starlette.applications import Starlette
 from starlette.responses import PlainTextResponse
 from starlette.routing import Route
@@ -44,26 +44,6 @@ def starlette_app() -> Starlette:
     return Starlette(routes=[Route("/items/{item_id}", hello)])
 
 
-SCOPE: dict[str, Any] = {
-    "type": "http",
-    "asgi": {"version": "3.0"},
-    "http_version": "1.1",
-    "method": "GET",
-    "scheme": "http",
-    "path": "/items/42",
-    "raw_path": b"/items/42",
-    "root_path": "",
-    "query_string": b"",
-    "headers": [(b"host", b"bench"), (b"user-agent", b"bench/1")],
-    "client": ("127.0.0.1", 50000),
-    "server": ("127.0.0.1", 8000),
-}
-
-
-async def _receive() -> dict[str, Any]:
-    return {"type": "http.request", "body": b"", "more_body": False}
-
-
 async def _send(message: MutableMapping[str, Any]) -> None:
     return None
 
@@ -71,7 +51,7 @@ async def _send(message: MutableMapping[str, Any]) -> None:
 async def per_request(app: Any, n: int) -> float:
     start = time.perf_counter()
     for _ in range(n):
-        await app(dict(SCOPE), _receive, _send)
+        await app(dict(ASGI_SCOPE), asgi_receive, _send)
     return (time.perf_counter() - start) / n
 
 
@@ -228,7 +208,7 @@ async def bench_collector_trouble(n: int = 1000, rounds: int = 20) -> bool:
             for name, app in apps.items():
                 for _ in range(n):
                     start = time.perf_counter()
-                    await app(dict(SCOPE), _receive, _send)
+                    await app(dict(ASGI_SCOPE), asgi_receive, _send)
                     samples[name].append(time.perf_counter() - start)
     finally:
         hanging.release()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import dataclasses
 import datetime
 import decimal
 import enum
@@ -25,7 +24,6 @@ from collections.abc import Iterator
 from typing import Any
 
 import orjson
-import pydantic
 import pytest
 import structlog
 import structlog.testing
@@ -33,6 +31,7 @@ import structlog.testing
 from infrakit.logging import REDACTED, configure_logging, reset_logging
 from infrakit.logging.config import _json_default, _json_renderers, _JsonRenderer
 from infrakit.scrub import Scrubber
+from tests.unit.logging.test_redaction import Card, Login
 
 
 @contextlib.contextmanager
@@ -85,17 +84,6 @@ class Ratio(float):
 
 
 Point = collections.namedtuple("Point", "x y")
-
-
-@dataclasses.dataclass
-class Login:
-    user: str
-    password: str
-
-
-class Card(pydantic.BaseModel):
-    holder: str
-    card_number: str
 
 
 class Connection:
