@@ -10,6 +10,7 @@ so two ``Infra`` objects in one process (tests) each see their own spans.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 import threading
@@ -254,6 +255,20 @@ class TelemetryProvider(Component):
                 bound,
                 self.settings.exporter,
             )
+            self._abort_exports()
+
+    def _abort_exports(self) -> None:
+        """Shut the exporters down under the flush that outlived the bound: an
+        OTLP exporter then stops retrying (it would wait out its backoff until
+        its own timeout, up to minutes, with a connection open and warnings to
+        log), so the flush thread ends now. What it had not sent is dropped,
+        as the warning said."""
+        reader = self._metric_reader
+        for exporter in (self._span_exporter, getattr(reader, "_exporter", None)):
+            shutdown = getattr(exporter, "shutdown", None)
+            if callable(shutdown):
+                with contextlib.suppress(Exception):
+                    shutdown()
 
     # --- tests and health ---------------------------------------------------------
 

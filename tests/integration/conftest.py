@@ -12,6 +12,7 @@ import contextlib
 import os
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -169,3 +170,17 @@ def redis_tls() -> Iterator[Any]:
     from tests.integration.redisprocs import RedisTLS
 
     yield from _running(RedisTLS, "a TLS redis-server")
+
+
+@pytest.fixture(autouse=True)
+def _telemetry_flushes_end_with_their_test() -> Iterator[None]:
+    """A provider stopped with its collector down or hanging flushes on in a
+    daemon thread after ``shutdown()`` returns (bounded for the application,
+    not for the exporter's retries): wait for it here, so its warnings are not
+    written into whatever a later test configured logging to (a property test
+    counting its lines failed so)."""
+    yield
+    for thread in threading.enumerate():
+        if thread.name == "infrakit-telemetry-shutdown":
+            thread.join(60)  # generous: the tests' exporters time out in 1-2 s
+            assert not thread.is_alive(), "a telemetry flush outlived its test by 60 s"

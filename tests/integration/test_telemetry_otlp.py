@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import tracemalloc
 from collections.abc import Iterator
 from typing import Any
@@ -204,6 +205,13 @@ class TestCollectorTrouble:
                 r.getMessage() for r in caplog.records if "stopped without" in r.getMessage()
             ]
             assert "after 0.5 s (telemetry.shutdown_timeout_s) were dropped" in warning
+            # the exporters were shut down under the flush: with the collector
+            # gone it retries nothing (its exporters had 120 s of retries to go)
+            hanging.release()
+            hanging.stop()
+            (flush,) = [t for t in threading.enumerate() if t.name == "infrakit-telemetry-shutdown"]
+            await asyncio.to_thread(flush.join, 10)  # generous: it ends at once
+            assert not flush.is_alive()
         finally:
             hanging.release()
             hanging.stop()
