@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 
 import pytest
@@ -28,6 +29,33 @@ settings.register_profile(
 # never "red on some runs". Locally, examples are random, so new ones are found.
 settings.register_profile("ci", parent=settings.get_profile("infrakit"), derandomize=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "infrakit"))
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--event-loop",
+        choices=["asyncio", "uvloop"],
+        default="asyncio",
+        help="the loop every async test runs on: asyncio's (default), or uvloop, "
+        "which uvicorn picks when the fastapi extra is installed",
+    )
+
+
+class _OnUvloop:
+    """Hands pytest-asyncio uvloop's loop factory for every async test."""
+
+    @staticmethod
+    def pytest_asyncio_loop_factories(
+        config: pytest.Config, item: pytest.Item
+    ) -> Mapping[str, Callable[[], asyncio.AbstractEventLoop]]:
+        import uvloop
+
+        return {"uvloop": uvloop.new_event_loop}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("event_loop") == "uvloop":
+        config.pluginmanager.register(_OnUvloop(), "infrakit-event-loop-uvloop")
 
 
 @pytest.fixture(autouse=True)

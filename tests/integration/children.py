@@ -19,7 +19,7 @@ from __future__ import annotations
 import shutil
 import signal
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -29,22 +29,30 @@ _spawner = ThreadPoolExecutor(max_workers=1, thread_name_prefix="children-spawne
 
 
 def spawn(
-    cmd: Sequence[str], *, user: str | None = None, log: Path | None = None
+    cmd: Sequence[str],
+    *,
+    user: str | None = None,
+    log: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``cmd`` (as ``user`` if given) as a child that dies with this
-    process, from whichever thread this is called."""
+    """Start ``cmd`` (as ``user`` if given; in ``env`` and ``cwd`` if given,
+    else this process's) as a child that dies with this process, from
+    whichever thread this is called."""
     setpriv = shutil.which("setpriv")
     if setpriv is None:
         raise RuntimeError("setpriv (util-linux) is not installed")
     prefix = [setpriv, "--pdeathsig", "KILL"]
     if user is not None:
         prefix += ["--reuid", user, "--regid", user, "--init-groups"]
-    return _spawner.submit(_popen, [*prefix, "--", *cmd], log).result()
+    return _spawner.submit(_popen, [*prefix, "--", *cmd], log, env, cwd).result()
 
 
-def _popen(argv: list[str], log: Path | None) -> subprocess.Popen[bytes]:
+def _popen(
+    argv: list[str], log: Path | None, env: Mapping[str, str] | None, cwd: Path | None
+) -> subprocess.Popen[bytes]:
     with open(log or "/dev/null", "ab") as out:
-        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, env=env, cwd=cwd)
 
 
 def stop(process: subprocess.Popen[bytes] | None, sig: int = signal.SIGKILL) -> None:

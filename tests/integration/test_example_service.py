@@ -5,9 +5,15 @@ same app, only the profile differs."""
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import socket
+import subprocess
+import sys
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,18 +21,20 @@ import httpx
 import pytest
 import uvicorn
 
-from examples.service.__main__ import run_scenario
+from examples.service.__main__ import drive, run_scenario
 from examples.service.app import create_app
 from infrakit.database import upgrade
 from infrakit.errors import ConfigError
 from infrakit.settings import load_settings
 from infrakit.testing.otlp import OtlpReceiver
+from tests.integration.children import spawn, stop
 
 pytestmark = pytest.mark.integration
 
 EXPECTED = [401, 200, 200, 200, 401, 401, 200, 200, 200, 200, 200]
 AUDIT = ["login:failure", "login:success", "logout:success", "login:success"]
 JWT_SECRET = "example-test-jwt-secret-0123456789abcdef"
+REPO = Path(__file__).resolve().parents[2]
 
 
 class TestScenario:
@@ -197,3 +205,104 @@ class TestUnderLoad:
         statuses = [a.status_code for a in answers if isinstance(a, httpx.Response)]
         wrong = [(n, s) for n, s in enumerate(statuses) if s != requests[n][1]]
         assert wrong == [], f"{len(wrong)} wrong answers, e.g. {wrong[:5]}"
+
+
+@dataclass
+class Child:
+    process: subprocess.Popen[bytes]
+    log: Path
+    base_url: str
+    serving_line: str = ""
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _start_child(profile: str, environ: dict[str, str], log: Path) -> Child:
+    """``python -m examples.service PROFILE --serve`` on a free loopback port,
+    as a child process that dies with the test run."""
+    port = _free_port()
+    argv = [sys.executable, "-m", "examples.service", profile, "--serve", "--port", str(port)]
+    process = spawn(argv, log=log, env={**os.environ, **environ}, cwd=REPO)
+    return Child(process, log, f"http://127.0.0.1:{port}")
+
+
+async def _until_serving(child: Child) -> None:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        lines = child.log.read_text(errors="replace").splitlines()
+        child.serving_line = next((x for x in lines if x.startswith("serving http://")), "")
+        if child.serving_line:
+            return
+        assert child.process.poll() is None, f"the service exited:\n{child.log.read_text()}"
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"the service did not start within 60 s:\n{child.log.read_text()}")
+
+
+class TestServe:
+    """`python -m examples.service PROFILE --serve`: uvicorn in a process of its own,
+    on uvloop and httptools (the fastapi extra installs uvicorn[standard]), its
+    lifespan run by uvicorn, stopped by SIGTERM to its PID."""
+
+    async def test_local(self, tmp_path: Path) -> None:
+        environ = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}/local.db"}
+        child = _start_child("local", environ, tmp_path / "serve.log")
+        try:
+            await _until_serving(child)
+            async with httpx.AsyncClient(base_url=child.base_url, timeout=10) as client:
+                live = await client.get("/health/live")
+            result = await drive(child.base_url, echo=False)
+        finally:
+            stop(child.process, signal.SIGTERM)
+        assert "(event loop uvloop, HTTP parser httptools)" in child.serving_line
+        assert (live.status_code, live.json()) == (200, {"status": "up"})
+        assert [s.status for s in result.steps] == EXPECTED
+        assert result.audit_actions == AUDIT
+        # a graceful stop: uvicorn ran the lifespan's shutdown (Infra closed),
+        # then re-raised the SIGTERM it had caught
+        assert child.process.returncode == -signal.SIGTERM
+        assert "Application shutdown complete." in child.log.read_text()
+
+    async def test_single_host(self, fresh_pg_url: str, redis_prefix: str, tmp_path: Path) -> None:
+        """asyncpg, redis-py, the audit log's group commit and the OTLP exporter's
+        threads, all on uvloop."""
+        with OtlpReceiver() as receiver:
+            environ = {
+                "DATABASE_URL": fresh_pg_url,
+                "REDIS_URL": "redis://127.0.0.1:6379/0",
+                "OTEL_EXPORTER_OTLP_ENDPOINT": receiver.http_endpoint,
+                "JWT_SECRET": JWT_SECRET,
+                "INFRAKIT__TOKENS__KEY_PREFIX": redis_prefix,
+            }
+            assert await upgrade(load_settings("single-host", environ=environ)) is not None
+            child = _start_child("single-host", environ, tmp_path / "serve.log")
+            try:
+                await _until_serving(child)
+                result = await drive(child.base_url, echo=False)
+            finally:
+                stop(child.process, signal.SIGTERM)
+            spans = {s.name for s in receiver.wait_for_spans(10)}
+        assert "(event loop uvloop, HTTP parser httptools)" in child.serving_line
+        assert [s.status for s in result.steps] == EXPECTED
+        assert result.audit_actions == AUDIT
+        assert all(c["status"] == "up" for c in result.health["components"])
+        assert {"POST /login", "GET /me", "POST /logout", "auth.issue_token"} <= spans
+        assert child.process.returncode == -signal.SIGTERM
+
+    async def test_a_backend_down_stops_the_start(self, tmp_path: Path) -> None:
+        """uvicorn's start-up failure exit code, and the kit's one line naming the backend."""
+        environ = {"DATABASE_URL": f"sqlite+aiosqlite:///{tmp_path}"}  # a directory
+        child = _start_child("local", environ, tmp_path / "serve.log")
+        try:
+            code = await asyncio.to_thread(child.process.wait, 60)
+        finally:
+            stop(child.process)
+        text = child.log.read_text()
+        assert code == 3, text
+        assert text.rstrip().splitlines()[-1] == (
+            f"infrakit could not start: cannot reach the database at "
+            f"sqlite+aiosqlite:///{tmp_path}: OperationalError: unable to open database file"
+        )
