@@ -539,6 +539,17 @@ def tap() -> Iterator[list[dict[str, Any]]]:
             _place_tap()
 
 
+#: Record extras that only restate the message for a terminal: uvicorn's
+#: ``color_message`` is the message's format string with ANSI colour codes.
+_PRESENTATION_EXTRAS = ("color_message",)
+
+
+def _drop_presentation_extras(logger: object, method_name: str, event_dict: EventDict) -> EventDict:
+    for key in _PRESENTATION_EXTRAS:
+        event_dict.pop(key, None)
+    return event_dict
+
+
 class _Pipeline(NamedTuple):
     shared: list[Processor]
     #: structlog's renderer: ``bytes`` lines with orjson, else ``str``
@@ -639,6 +650,7 @@ def configure_logging(
     foreign: list[Processor] = [
         structlog.stdlib.add_logger_name,
         structlog.stdlib.ExtraAdder(),
+        _drop_presentation_extras,
         *shared,
     ]
     with _lock:

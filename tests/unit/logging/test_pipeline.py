@@ -149,6 +149,17 @@ class TestStdlib:
         assert event["rows"] == 2
         assert event["request_id"] == "req-1"
 
+    def test_uvicorns_colour_copy_of_the_message_is_dropped(self, stream: io.StringIO) -> None:
+        configure_logging("INFO", stream=stream)
+        logging.getLogger("uvicorn.error").info(
+            "Finished server process [%d]",
+            42,
+            extra={"color_message": "Finished server process [\x1b[36m%d\x1b[0m]"},
+        )
+        (event,) = lines(stream)
+        assert event["event"] == "Finished server process [42]"
+        assert "color_message" not in event
+
     def test_uvicorn_handlers_are_replaced(self, stream: io.StringIO) -> None:
         uvicorn = logging.getLogger("uvicorn.access")
         foreign = logging.StreamHandler(io.StringIO())
