@@ -17,7 +17,7 @@ from typing import Any, NoReturn
 
 import yaml
 
-from infrakit.errors import InfrastructureError
+from infrakit.errors import ConfigError, InfrastructureError
 from infrakit.scrub import scrub_text
 from infrakit.settings.loader import TextValue, load_settings
 from infrakit.settings.models import InfraSettings, flatten
@@ -497,7 +497,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (InfrastructureError, OSError) as exc:
         if args.verbose:
             raise
-        print(f"infrakit: error: {scrub_text(str(exc))}", file=sys.stderr)
+        text = exc.render(scrub_text) if isinstance(exc, ConfigError) else scrub_text(str(exc))
+        print(f"infrakit: error: {text}", file=sys.stderr)
         return EXIT_FAILED
     except KeyboardInterrupt:
         return 130

@@ -25,6 +25,7 @@ failures of a backend are wrapped in the component's subclass with
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from infrakit.values import install_line
@@ -65,12 +66,19 @@ class ConfigProblem:
     hint: str | None = None
 
     def __str__(self) -> str:
+        return self.render()
+
+    def render(self, scrub: Callable[[str], str] = str) -> str:
+        """The problem as a line (and its hint), ``scrub`` applied to the
+        message, the value and the hint one by one: the place and the key are
+        the kit's, and read with the message (``auth.secret: environment
+        variable ...``) they would look like a name=value pair to a scrubber."""
         parts = [p for p in (self.where, self.key) if p]
-        text = ": ".join([*parts, self.message])
+        text = ": ".join([*parts, scrub(self.message)])
         if self.value is not None:
-            text += f" (got {self.value})"
+            text += f" (got {scrub(self.value)})"
         if self.hint:
-            text += f"\n    Hint: {self.hint}"
+            text += f"\n    Hint: {scrub(self.hint)}"
         return text
 
 
@@ -99,12 +107,17 @@ class ConfigError(InfrastructureError, ValueError):
         super().__init__(self._render())
 
     def _render(self) -> str:
+        return self.render()
+
+    def render(self, scrub: Callable[[str], str] = str) -> str:
+        """``str(error)``, with ``scrub`` applied to each problem's text (see
+        :meth:`ConfigProblem.render`)."""
         if len(self.problems) == 1:
-            return str(self.problems[0])
+            return self.problems[0].render(scrub)
         head = f"{len(self.problems)} problems"
         if self.profile:
             head += f" in profile {self.profile!r}"
-        return head + ":\n" + "\n".join(f"  {p}" for p in self.problems)
+        return head + ":\n" + "\n".join(f"  {p.render(scrub)}" for p in self.problems)
 
     def __reduce__(self) -> tuple[object, ...]:
         return (_rebuild_config_error, (list(self.problems), self.profile))

@@ -31,7 +31,7 @@ from pydantic import BaseModel, ValidationError
 
 from infrakit import registry
 from infrakit.errors import ConfigError, ConfigProblem
-from infrakit.scrub import MASK
+from infrakit.scrub import MASK, is_sensitive_key
 from infrakit.settings import _yaml
 from infrakit.settings._files import FileProblem, SecretsDir, read_env_file, read_value_file
 from infrakit.settings.base import mask_value, unknown_backend
@@ -620,10 +620,16 @@ def _interpolate(
             return text
         if value is None:
             if default is None:
+                where = (
+                    f"set {name} (in the environment, an env file, {name}_FILE naming a "
+                    "file, or the secrets directory)"
+                )
                 fail(
                     f"environment variable {name} is not set",
-                    f"set {name} (in the environment, an env file, {name}_FILE naming a "
-                    f"file, or the secrets directory) or give a default: ${{{name}:-value}}",
+                    # a secret written into the profile as a default is no secret
+                    f"{where}; a secret has no default in a profile"
+                    if is_sensitive_key(name)
+                    else f"{where} or give a default: ${{{name}:-value}}",
                     missing=True,
                 )
                 return text

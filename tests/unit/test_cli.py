@@ -38,6 +38,42 @@ class TestConfigValidate:
         assert "prod.yaml:2:3: tokens.backnd: unknown key (did you mean 'backend'?)" in err
         assert "Traceback" not in err
 
+    def test_a_missing_secret_variable_reads_whole(
+        self,
+        write_profile: WriteProfile,
+        profiles_dir: Path,
+        capsys: pytest.CaptureFixture[str],
+        monkeypatch: pytest.MonkeyPatch,
+    ) -> None:
+        """The scrubber reads each part of a problem on its own: with the key,
+        "auth.secret: environment" looked like a secret and was masked."""
+        monkeypatch.delenv("SIGNING_KEY", raising=False)
+        write_profile("p", "auth:\n  algorithms: [HS256]\n  secret: ${SIGNING_KEY}\n")
+        code, _, err = run(["config", "validate", "p", "--profiles-dir", str(profiles_dir)], capsys)
+        assert code == 1
+        assert "p.yaml:3:3: auth.secret: environment variable SIGNING_KEY is not set" in err
+        assert "SIGNING_KEY_FILE naming a file" in err
+        assert "[REDACTED]" not in err
+
+    def test_each_part_of_a_problem_is_still_scrubbed(self) -> None:
+        from infrakit.errors import ConfigError, ConfigProblem
+        from infrakit.scrub import scrub_text
+
+        error = ConfigError(
+            ConfigProblem(
+                "cannot parse 'password=hunter2-pw'",
+                key="auth.secret",
+                where="p.yaml:3:3",
+                value="token=s3cr3t-v4lue",
+                hint="not like api_key=k3y-v4lue",
+            )
+        )
+        text = error.render(scrub_text)
+        assert text.startswith("p.yaml:3:3: auth.secret: cannot parse")
+        for secret in ("hunter2-pw", "s3cr3t-v4lue", "k3y-v4lue"):
+            assert secret not in text
+        assert str(error) == error.render()  # unscrubbed for the kit's own callers
+
     def test_missing_profile(self, capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
         code, _, err = run(["config", "validate", "nope", "--profiles-dir", str(tmp_path)], capsys)
         assert code == 1

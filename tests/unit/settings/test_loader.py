@@ -95,6 +95,22 @@ class TestEmbeddedProfiles:
         assert "production.yaml:" in problem.where
         assert "openssl rand -hex 32" in problem.message
 
+    def test_a_missing_secret_is_not_offered_a_default(self, tmp_path: Path) -> None:
+        """The hint for a missing variable offers ``${NAME:-value}``, except for a
+        secret: a default written into the profile would be no secret."""
+        profile = tmp_path / "p.yaml"
+        profile.write_text(
+            "service:\n  name: ${SERVICE_NAME}\nauth:\n  secret: ${SIGNING_PASSWORD}\n"
+        )
+        with pytest.raises(ConfigError) as exc:
+            load_settings(str(profile), environ={})
+        problems = {p.key: p for p in exc.value.problems}
+        secret, plain = problems["auth.secret"], problems["service.name"]
+        assert "SIGNING_PASSWORD_FILE" in (secret.hint or "")
+        assert ":-" not in (secret.hint or "")
+        assert "a secret has no default in a profile" in (secret.hint or "")
+        assert "${SERVICE_NAME:-value}" in (plain.hint or "")
+
     def test_production_requires_its_addresses(self, tmp_path: Path) -> None:
         """No silent fallback to loopback: one error naming every missing variable."""
         with pytest.raises(ConfigError) as exc:
