@@ -120,17 +120,19 @@ def install(
     the profile's excluded paths) and, unless ``health=None``, the probes of
     :func:`health_routes` under ``health``. Returns the loaded settings."""
     settings = _settings(profile, **load_settings_kwargs)
-    app.router.lifespan_context = lifespan(settings)
+    run = lifespan(settings)
+
+    @asynccontextmanager
+    async def run_alone(app: Any) -> AsyncIterator[dict[str, Any]]:
+        # FastAPI apps mounted since install(): their native telemetry too
+        _native_telemetry_off(app)
+        async with run(app) as state:
+            yield state
+
+    app.router.lifespan_context = run_alone
     if health is not None:
         health_routes(app, prefix=health)
-    native = getattr(app, "_telemetry", None)
-    if isinstance(native, dict) and "tracing" in native:
-        # Recent FastAPI traces natively through OTel's global provider, which
-        # infrakit installs: its server spans and metrics would duplicate ours.
-        # Its OTel log records too are off: the kit's logging pipeline owns the
-        # logs (and FastAPI looks the logger provider up, environment included,
-        # on every request to find out whether it has one).
-        native.update(tracing=False, metrics=False, logs=False)
+    _native_telemetry_off(app)
     telemetry = settings.telemetry
     app.add_middleware(
         TracingMiddleware,
@@ -140,6 +142,24 @@ def install(
         trusted_proxy=telemetry.trusted_proxy,
     )
     return settings
+
+
+def _native_telemetry_off(app: Any) -> None:
+    """Switch off the native telemetry of ``app`` and of the FastAPI apps
+    mounted in it. Recent FastAPI traces natively through OTel's global
+    provider, which infrakit installs: its server spans and metrics would
+    duplicate ours, and a mounted app's endpoint spans would hang under them.
+    Its OTel log records too: the kit's logging pipeline owns the logs (and
+    FastAPI looks the logger provider up, environment included, on every
+    request to find out whether it has one)."""
+    native = getattr(app, "_telemetry", None)
+    if isinstance(native, dict) and "tracing" in native:
+        native.update(tracing=False, metrics=False, logs=False)
+    router = getattr(app, "router", app)
+    for route in getattr(router, "routes", ()):
+        inner = getattr(route, "app", None)
+        if inner is not None and hasattr(route, "path_regex") and hasattr(inner, "routes"):
+            _native_telemetry_off(inner)  # a Mount: its FastAPI app or Router
 
 
 def health_routes(app: Any, *, prefix: str = "/health", timeout_s: float = 2.0) -> None:

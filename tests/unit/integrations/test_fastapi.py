@@ -183,6 +183,27 @@ class TestNoDoubleSpans:
         assert theirs.finished_spans() == ()
         theirs.shutdown()
 
+    async def test_a_mounted_fastapi_app_adds_no_spans(self) -> None:
+        """A FastAPI app mounted after install() would trace through the global
+        provider the kit installs (a second server span, endpoint spans)."""
+        from starlette.routing import Mount
+
+        application = FastAPI()
+        settings = install(application, "test", environ={})
+        sub = FastAPI()
+
+        @sub.get("/items/{item_id}")
+        async def item(item_id: int) -> dict[str, int]:
+            return {"item": item_id}
+
+        application.router.routes.append(Mount("/tenants/{tenant}", app=sub))
+        assert settings.telemetry.exporter == "memory"
+        async with application.router.lifespan_context(application):
+            response = await call(application, "GET", "/tenants/acme/items/3")
+            spans = application.state.infra.telemetry.finished_spans()
+        assert response.status_code == 200
+        assert [s.name for s in spans] == ["GET /tenants/{tenant}/items/{item_id}"]
+
 
 class DownStore(InMemoryTokenStore):
     """A real store whose backend says it is down."""
