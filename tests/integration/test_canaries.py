@@ -89,7 +89,31 @@ def pieces(secret: str) -> list[str]:
     return sorted(found, key=len, reverse=True)
 
 
+def _decoded(output: str) -> str:
+    """The strings of ``output``'s JSON lines as a reader sees them: a JSON
+    encoder escapes non-ASCII, quotes and backslashes, so a secret holding any
+    would not be found in the raw text."""
+    found: list[str] = []
+
+    def walk(value: Any) -> None:
+        if isinstance(value, str):
+            found.append(value)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                found.append(key)
+                walk(item)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item)
+
+    for line in output.splitlines():
+        with contextlib.suppress(ValueError):
+            walk(json.loads(line))
+    return "\n".join(found)
+
+
 def assert_clean(output: str, *secrets: str, where: str = "") -> None:
+    output = f"{output}\n{_decoded(output)}"
     for secret in secrets:
         for piece in pieces(secret):
             if piece in output:
