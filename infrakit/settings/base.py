@@ -14,9 +14,10 @@ registry, which imports a backend module only when it is asked for.
 from __future__ import annotations
 
 import difflib
+from collections.abc import Iterator
 from typing import Any, ClassVar, Self, TypeVar, cast
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, PrivateAttr, ValidationError
 
 from infrakit import registry
 from infrakit.errors import ConfigError, ConfigProblem
@@ -51,6 +52,15 @@ class Section(BaseModel):
     model_config = ConfigDict(
         extra="forbid", frozen=True, validate_default=True, hide_input_in_errors=True
     )
+
+    #: fields whose value (or a value inside) was read from a file: masked in
+    #: ``repr()``/``str()`` whatever their type (set by the loader)
+    _masked_fields: frozenset[str] = PrivateAttr(default_factory=frozenset)
+
+    def __repr_args__(self) -> Iterator[tuple[str | None, Any]]:
+        masked = self._masked_fields
+        for name, value in super().__repr_args__():
+            yield name, (MASK if name in masked else value)
 
 
 def build(model: type[S], /, **values: Any) -> S:

@@ -22,7 +22,7 @@ import os
 import re
 import types
 import typing
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import Annotated, Any, Literal, Self, Union
@@ -34,7 +34,7 @@ from infrakit.errors import ConfigError, ConfigProblem
 from infrakit.scrub import MASK, is_sensitive_key
 from infrakit.settings import _yaml
 from infrakit.settings._files import FileProblem, SecretsDir, read_env_file, read_value_file
-from infrakit.settings.base import mask_value, unknown_backend
+from infrakit.settings.base import Section, mask_value, unknown_backend
 from infrakit.settings.limits import (
     MAX_DEPTH,
     MAX_EXPANDED_CHARS,
@@ -1324,4 +1324,21 @@ def load_settings(
     settings._profile = label
     settings._sources = {".".join(p): s for p, s in layers.sources.items()}
     settings._secret_paths = secret_paths
+    _mask_in_reprs(settings, secret_paths)
     return settings
+
+
+def _mask_in_reprs(settings: InfraSettings, paths: Iterable[tuple[str, ...]]) -> None:
+    """Mark, on the section that holds it, each field whose value (or a value
+    inside it) was read from a file, so ``repr()`` of the settings and of the
+    section shows it masked whatever its type."""
+    for path in paths:
+        node: Any = settings
+        for part in path:
+            child = getattr(node, part, None) if isinstance(node, BaseModel) else None
+            if isinstance(child, Section):
+                node = child
+                continue
+            if isinstance(node, Section):
+                node._masked_fields = node._masked_fields | {part}
+            break

@@ -196,6 +196,22 @@ class TestValuesFromFilesAreSecrets:
         assert SECRET not in out
         assert 'service.name: "***" -> "infrakit-test"' in out
 
+    def test_reprs_never_show_it(self, profile: Path) -> None:
+        """``repr``/``str`` of the settings and of their sections (what a
+        debugger, a traceback's locals or an f-string prints) mask a value read
+        from a file, in a plain ``str`` field and inside a list alike."""
+        settings = load_settings(profile, environ={})
+        for shown in (
+            repr(settings),
+            str(settings),
+            repr(settings.service),
+            str(settings.telemetry),
+            f"{settings.telemetry!r}",
+        ):
+            assert SECRET not in shown
+        assert "name='***'" in repr(settings.service)
+        assert settings.telemetry.excluded_paths[1] == f"/{SECRET}"  # the app still gets it
+
     def test_errors_never_show_it(self, write_profile: WriteProfile, profiles_dir: Path) -> None:
         (profiles_dir / "n").write_text(SECRET, encoding="utf-8")
         write_profile(
