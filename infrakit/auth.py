@@ -204,6 +204,18 @@ class JwtAuth:
 
     # --- verifying ---------------------------------------------------------
 
+    def require_key(self) -> None:
+        """Raise :class:`ConfigError` when the profile gives no key to verify with."""
+        if not self._settings.configured:
+            raise ConfigError(
+                ConfigProblem(
+                    "no key to verify tokens with",
+                    key="auth",
+                    hint="set auth.secret (HS256), auth.public_key_file or auth.jwks_url "
+                    "in the profile, or pass key= to require_token()",
+                )
+            )
+
     async def verify(self, token: str) -> dict[str, Any]:
         """The claims of ``token`` once its signature and claims check out.
 
@@ -213,15 +225,7 @@ class JwtAuth:
         when the profile gives no key.
         """
         cfg = self._settings
-        if not cfg.configured:
-            raise ConfigError(
-                ConfigProblem(
-                    "no key to verify tokens with",
-                    key="auth",
-                    hint="set auth.secret (HS256), auth.public_key_file or auth.jwks_url "
-                    "in the profile, or pass key= to require_token()",
-                )
-            )
+        self.require_key()
         if len(token) > cfg.max_token_bytes:
             raise TokenRejectedError("token too large")
         if not token.isascii():

@@ -126,6 +126,9 @@ def install(
     async def run_alone(app: Any) -> AsyncIterator[dict[str, Any]]:
         # FastAPI apps mounted since install(): their native telemetry too
         _native_telemetry_off(app)
+        if _uses_profile_auth(app):
+            # every request to those routes would answer 500: stop the start
+            JwtAuth(settings.auth).require_key()
         async with run(app) as state:
             yield state
 
@@ -142,6 +145,25 @@ def install(
         trusted_proxy=telemetry.trusted_proxy,
     )
     return settings
+
+
+def _uses_profile_auth(app: Any) -> bool:
+    """Whether a route of ``app`` (mounts included) depends on ``require_token``
+    with the profile's ``auth`` section (bare or without a key)."""
+    router = getattr(app, "router", app)
+    for route in getattr(router, "routes", ()):
+        pending = [getattr(route, "dependant", None)]
+        while pending:
+            dependant = pending.pop()
+            if dependant is None:
+                continue
+            if getattr(dependant, "call", None) in (require_token, _with_profile):
+                return True
+            pending.extend(getattr(dependant, "dependencies", ()))
+        inner = getattr(route, "app", None)
+        if inner is not None and hasattr(route, "path_regex") and _uses_profile_auth(inner):
+            return True
+    return False
 
 
 def _native_telemetry_off(app: Any) -> None:

@@ -10,7 +10,7 @@ import hmac
 import json
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -27,7 +27,7 @@ from fastapi import Depends, FastAPI
 
 from infrakit import Infra, IssuedToken, issue_token
 from infrakit.errors import ConfigError, TokenStoreError
-from infrakit.integrations.fastapi import get_infra, install, require_token
+from infrakit.integrations.fastapi import get_infra, install, lifespan, require_token
 from infrakit.settings import load_settings
 from infrakit.testing import override
 from infrakit.tokens import InMemoryTokenStore
@@ -54,6 +54,15 @@ def make_app(**overrides: Any) -> FastAPI:
         return {"token": issued.token, "jti": issued.jti}
 
     return app
+
+
+def _claims_of(dependency: Any) -> Callable[..., Any]:
+    """A route endpoint that answers the claims ``dependency`` gives."""
+
+    async def endpoint(claims: dict[str, Any] = dependency) -> dict[str, Any]:
+        return claims
+
+    return endpoint
 
 
 @asynccontextmanager
@@ -208,8 +217,38 @@ class TestRequireTokenFromTheProfile:
         with pytest.raises(ConfigError, match="cannot be mixed"):
             require_token(key="k" * 32, algorithms=["HS256", "RS256"])
 
-    async def test_no_key_in_the_profile_is_a_server_error_naming_the_fix(self) -> None:
-        app = make_app(**{"auth.secret": None})
+    @pytest.mark.parametrize("path", ["bare", "called", "mounted"])
+    async def test_no_key_in_the_profile_stops_the_start_naming_the_fix(self, path: str) -> None:
+        """A route that checks tokens with the profile's auth section and a
+        profile with no key: the app does not start (every such request would
+        answer 500), whichever way the route asks and wherever it is mounted."""
+        app = FastAPI()
+        install(app, load_settings("test", environ={}, overrides={"auth.secret": None}))
+        if path == "bare":
+            app.get("/r")(_claims_of(Depends(require_token)))
+        elif path == "called":
+            app.get("/r")(_claims_of(Depends(require_token())))
+        else:
+            sub = FastAPI()
+            sub.get("/r")(_claims_of(Depends(require_token)))
+            app.mount("/sub", sub)
+        with pytest.raises(ConfigError, match="no key to verify tokens") as caught:
+            async with app.router.lifespan_context(app):
+                pass
+        assert "auth.secret" in str(caught.value)
+
+    async def test_no_key_and_no_route_that_needs_one_starts(self) -> None:
+        app = FastAPI()
+        install(app, load_settings("test", environ={}, overrides={"auth.secret": None}))
+        app.get("/explicit")(_claims_of(Depends(require_token(key="k" * 32))))
+        async with running(app) as client:
+            assert (await client.get("/health/live")).status_code == 200
+
+    async def test_no_key_without_install_is_a_server_error_naming_the_fix(self) -> None:
+        """With the lifespan alone (no install), the check is at request time."""
+        settings = load_settings("test", environ={}, overrides={"auth.secret": None})
+        app = FastAPI(lifespan=lifespan(settings))
+        app.get("/bare")(_claims_of(Depends(require_token)))
         transport = httpx.ASGITransport(app=app)  # the app's exception reaches the test
         async with (
             app.router.lifespan_context(app),
