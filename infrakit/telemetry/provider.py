@@ -10,10 +10,12 @@ so two ``Infra`` objects in one process (tests) each see their own spans.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import contextlib
 import logging
 import os
 import threading
+import weakref
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -190,9 +192,15 @@ class TelemetryProvider(Component):
         built = self.settings.exporters(
             ExportContext(self.service_name, self.scrubber, self._environ)
         )
-        tracer_provider = TracerProvider(resource=resource, sampler=sampler)
+        # The SDK's own exit handlers would flush without a bound (a dead
+        # collector holds the exit up to the exporter's timeout) and again after
+        # shutdown(); the kit's one handler stops every live provider instead.
+        tracer_provider = TracerProvider(resource=resource, sampler=sampler, shutdown_on_exit=False)
         tracer_provider.add_span_processor(built.span_processor)
-        meter_provider = MeterProvider(resource=resource, metric_readers=[built.metric_reader])
+        meter_provider = MeterProvider(
+            resource=resource, metric_readers=[built.metric_reader], shutdown_on_exit=False
+        )
+        _live.add(self)
         return tracer_provider, meter_provider, built.span_exporter, built.metric_reader
 
     def force_flush(self, timeout_s: float = 5.0) -> bool:
@@ -344,6 +352,18 @@ def _refresh(provider: TelemetryProvider) -> None:
     with _global_lock:
         if _current is provider:
             _state.publish(provider.tracer if provider.enabled and provider.initialized else None)
+
+
+#: Providers that built SDK providers: stopped at interpreter exit, each within
+#: its telemetry.shutdown_timeout_s (shutdown() is idempotent).
+_live: weakref.WeakSet[TelemetryProvider] = weakref.WeakSet()
+
+
+@atexit.register
+def _stop_at_exit() -> None:
+    for provider in list(_live):
+        with contextlib.suppress(Exception):
+            provider.shutdown()
 
 
 def get_telemetry() -> TelemetryProvider | None:

@@ -260,3 +260,48 @@ class TestExportGuard:
         finally:
             built.span_processor.shutdown()
             built.metric_reader.shutdown()
+
+
+class TestExit:
+    """A process that ends without stopping its provider: the kit's exit handler
+    stops it within telemetry.shutdown_timeout_s, once (the SDK's own handlers
+    flushed without a bound, and again after a shutdown())."""
+
+    SCRIPT = """
+import socket
+from opentelemetry import trace
+from infrakit.settings.models import ServiceSettings
+from infrakit.telemetry import TelemetryProvider
+from infrakit.telemetry.exporters.otlp import OtlpTelemetrySettings
+
+with socket.socket() as s:  # a port nobody listens on
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+settings = OtlpTelemetrySettings(
+    endpoint=f"http://127.0.0.1:{port}", timeout_s=120.0, shutdown_timeout_s=0.5
+)
+left = TelemetryProvider(settings, ServiceSettings(name="exit"))
+left.initialize()
+with left.tracer.start_as_current_span("unsent"):
+    pass
+stopped = TelemetryProvider(settings, ServiceSettings(name="stopped"))
+stopped.initialize()
+stopped.shutdown()
+print("body done", flush=True)
+"""
+
+    def test_exit_stops_what_is_left_within_the_bound(self) -> None:
+        import subprocess
+        import sys
+
+        done = subprocess.run(
+            [sys.executable, "-c", self.SCRIPT],
+            capture_output=True,
+            text=True,
+            timeout=90,  # generous: unbounded, the exit waited out the exporter's 120 s
+            check=False,
+        )
+        assert done.returncode == 0, done.stderr
+        assert "body done" in done.stdout
+        assert "stopped without exporting everything" in done.stderr
+        assert "shutdown can only be called once" not in done.stderr
