@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
-from collections.abc import AsyncIterator, Callable, Coroutine, MutableMapping, Sequence
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, MutableMapping, Sequence
 from contextlib import asynccontextmanager
 from typing import TYPE_CHECKING, Any, overload
 
@@ -147,22 +147,28 @@ def install(
     return settings
 
 
+def _apps(app: Any) -> Iterator[Any]:
+    """``app`` and the apps (FastAPI apps, routers) mounted in it, at any depth."""
+    yield app
+    for route in getattr(getattr(app, "router", app), "routes", ()):
+        inner = getattr(route, "app", None)
+        if hasattr(route, "path_regex") and hasattr(inner, "routes"):  # a Mount
+            yield from _apps(inner)
+
+
 def _uses_profile_auth(app: Any) -> bool:
     """Whether a route of ``app`` (mounts included) depends on ``require_token``
     with the profile's ``auth`` section (bare or without a key)."""
-    router = getattr(app, "router", app)
-    for route in getattr(router, "routes", ()):
-        pending = [getattr(route, "dependant", None)]
-        while pending:
-            dependant = pending.pop()
-            if dependant is None:
-                continue
-            if getattr(dependant, "call", None) in (require_token, _with_profile):
-                return True
-            pending.extend(getattr(dependant, "dependencies", ()))
-        inner = getattr(route, "app", None)
-        if inner is not None and hasattr(route, "path_regex") and _uses_profile_auth(inner):
-            return True
+    for each in _apps(app):
+        for route in getattr(getattr(each, "router", each), "routes", ()):
+            pending = [getattr(route, "dependant", None)]
+            while pending:
+                dependant = pending.pop()
+                if dependant is None:
+                    continue
+                if getattr(dependant, "call", None) in (require_token, _with_profile):
+                    return True
+                pending.extend(getattr(dependant, "dependencies", ()))
     return False
 
 
@@ -174,14 +180,10 @@ def _native_telemetry_off(app: Any) -> None:
     Its OTel log records too: the kit's logging pipeline owns the logs (and
     FastAPI looks the logger provider up, environment included, on every
     request to find out whether it has one)."""
-    native = getattr(app, "_telemetry", None)
-    if isinstance(native, dict) and "tracing" in native:
-        native.update(tracing=False, metrics=False, logs=False)
-    router = getattr(app, "router", app)
-    for route in getattr(router, "routes", ()):
-        inner = getattr(route, "app", None)
-        if inner is not None and hasattr(route, "path_regex") and hasattr(inner, "routes"):
-            _native_telemetry_off(inner)  # a Mount: its FastAPI app or Router
+    for each in _apps(app):
+        native = getattr(each, "_telemetry", None)
+        if isinstance(native, dict) and "tracing" in native:
+            native.update(tracing=False, metrics=False, logs=False)
 
 
 def health_routes(app: Any, *, prefix: str = "/health", timeout_s: float = 2.0) -> None:
